@@ -306,8 +306,8 @@ class Raft:
             await self.log_store.delete_range(*rd.delete_range)
         if rd.entries:
             await self.log_store.store_logs(rd.entries)
-        for fut in self._after_persist:
-            fut.set_result(None)
+        for done in self._after_persist:
+            done.set_result(None)
         self._after_persist.clear()
         # Leadership follows the core's role as of this Ready, before its
         # messages are routed (a new leader's first appends need replicators).
@@ -320,13 +320,13 @@ class Raft:
             await self._applier.send.send(rd.committed)
         # 4. completions and observations
         for c in rd.completions:
-            fut = self._requests.pop(c.request_id, None)
-            if fut is None:
+            request = self._requests.pop(c.request_id, None)
+            if request is None:
                 continue
             if c.failure is None and c.index is not None:
-                fut.set_result(c.index)
+                request.set_result(c.index)
             else:
-                fut.set_exception(_failure_error(c.failure, c.leader_id, c.leader_address))
+                request.set_exception(_failure_error(c.failure, c.leader_id, c.leader_address))
         for obs in rd.observations:
             self._observers.publish(obs)
         core.advance(rd)
@@ -411,8 +411,8 @@ class Raft:
         for fut in self._requests.values():
             fut.set_exception(RaftShutdownError(err))
         self._requests.clear()
-        for fut in self._after_persist:
-            fut.set_exception(RaftShutdownError(err))
+        for done in self._after_persist:
+            done.set_exception(RaftShutdownError(err))
         self._after_persist.clear()
         applier = getattr(self, "_applier", None)
         if applier is not None:
