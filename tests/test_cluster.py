@@ -525,3 +525,74 @@ async def test_restart_recovers_term_vote_log_and_reapplies(
         with trio.fail_after(10):
             await c.wait_applied(leader.last_index)
         assert c.fsms[follower_id].commands == [b"%d" % i for i in range(20)]
+
+
+async def test_follower_read_index_fails_when_the_leader_does_not_answer(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3, seed=17) as c:
+        with trio.fail_after(10):
+            leader = await c.wait_leader()
+        await leader.barrier()
+        await trio.sleep(1)
+        fid = next(i for i in c.ids if i != leader.leader_id)
+        assert leader.leader_id is not None
+        c.network.disconnect_one_way(leader.leader_id, fid)  # answers never arrive
+        start = trio.current_time()
+        with trio.fail_after(10):
+            with pytest.raises(NotLeaderError):
+                await c.nodes[fid].read_index()
+        assert trio.current_time() - start <= 2 * c.nodes[fid].config.election_timeout
+
+
+async def test_heartbeat_failure_and_recovery_are_observed_on_the_leader(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3, seed=18) as c:
+        with trio.fail_after(10):
+            leader = await c.wait_leader()
+        await leader.barrier()
+        fid = next(i for i in c.ids if i != leader.leader_id)
+        with leader.observe(lambda o: isinstance(o, (traft.FailedHeartbeatObservation,
+                                                     traft.ResumedHeartbeatObservation))) as obs:
+            c.network.isolate(fid)
+            with trio.fail_after(5):
+                failed = await obs.receive()
+            assert failed == traft.FailedHeartbeatObservation(fid, failed.last_contact)
+            assert failed.last_contact is not None
+            c.network.heal()
+            with trio.fail_after(5):
+                resumed = await obs.receive()
+            assert resumed == traft.ResumedHeartbeatObservation(fid)
+        assert leader.state is RaftState.LEADER
+
+
+async def test_new_leader_reports_peers_and_voters_report_vote_requests(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3, seed=19) as c:
+        with trio.fail_after(10):
+            first = await c.wait_leader()
+        await first.barrier()
+        observed: dict[str, list[object]] = {}
+        with (c.nodes["n1"].observe() as o1, c.nodes["n2"].observe() as o2,
+              c.nodes["n3"].observe() as o3):
+            chans = {"n1": o1, "n2": o2, "n3": o3}
+            assert first.leader_id is not None
+            await c.crash(first.leader_id)
+            with trio.fail_after(10):
+                new = await c.wait_leader()
+            for i, ch in chans.items():
+                observed[i] = []
+                while True:
+                    try:
+                        observed[i].append(ch.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+        new_id = new.leader_id
+        assert new_id is not None
+        peers = [o for o in observed[new_id] if isinstance(o, traft.PeerObservation)]
+        assert {p.server.id for p in peers} == set(c.ids) - {new_id}
+        assert all(not p.removed for p in peers)
+        voter = next(i for i in c.ids if i not in (new_id, first.leader_id))
+        votes = [o for o in observed[voter] if isinstance(o, traft.RequestVoteObservation)]
+        assert any(v.candidate_id == new_id for v in votes)
+        assert any(v.prevote for v in votes)
+        assert traft.StateObservation(RaftState.LEADER) in observed[new_id]
