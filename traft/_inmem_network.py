@@ -43,7 +43,7 @@ __all__ = ["InmemNetwork", "InmemTransport"]
 _InFlight = tuple[float, int, ServerAddress, Message]
 
 _STAT_KEYS = ("sent", "delivered", "dropped", "dropped_loss", "dropped_cut",
-              "dropped_no_transport")
+              "dropped_no_transport", "duplicated")
 
 
 def _check_address(address: object) -> ServerAddress:
@@ -100,6 +100,7 @@ class InmemNetwork:
         self._isolated: set[ServerAddress] = set()
         self._drop_rate = 0.0
         self._delay = (0.0, 0.0)
+        self._duplicate_rate = 0.0
         # Per directed link; a None field follows the global setting.
         self._links: dict[tuple[ServerAddress, ServerAddress],
                           tuple[float | None, tuple[float, float] | None]] = {}
@@ -192,11 +193,15 @@ class InmemNetwork:
     # -- faults: loss and delay ------------------------------------------
 
     def set_unreliable(self, drop_rate: float = 0.0,
-                       delay: tuple[float, float] = (0.0, 0.0)) -> None:
+                       delay: tuple[float, float] = (0.0, 0.0), *,
+                       duplicate_rate: float = 0.0) -> None:
         """Loss probability and uniform delay range for every link; each
-        message draws both independently. The defaults make it reliable."""
+        message draws both independently. ``duplicate_rate`` sends a second
+        copy with its own delay (so duplicates may also arrive reordered).
+        The defaults make it reliable."""
         self._drop_rate = _check_drop_rate(drop_rate)
         self._delay = _check_delay(delay)
+        self._duplicate_rate = _check_drop_rate(duplicate_rate)
 
     def set_link(self, src: ServerAddress, dst: ServerAddress, *,
                  drop_rate: float | None = None,
@@ -251,6 +256,11 @@ class InmemNetwork:
         now = trio.current_time()
         heapq.heappush(self._in_flight.setdefault(dst, []),
                        (now + delay, next(self._seq), src, message))
+        if self._duplicate_rate > 0.0 and self._rng.random() < self._duplicate_rate:
+            self._stats["sent"] += 1
+            self._stats["duplicated"] += 1
+            again = lo if lo == hi else self._rng.uniform(lo, hi)
+            heapq.heappush(self._in_flight[dst], (now + again, next(self._seq), src, message))
         self._settle(dst, now)
         # Wake the receiver even if nothing is due yet: the new message may be
         # due sooner than what it is sleeping towards.

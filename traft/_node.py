@@ -148,6 +148,9 @@ class Raft:
         self._fatal: BaseException | None = None
         self._last_snapshot_index = 0
         self._last_snapshot_term = 0
+        # Test-only: called with (raft, ready) once a Ready is durable, before
+        # its messages go out. traft.testing uses it to check invariants.
+        self._ready_hook: Callable[[Raft, Ready], None] | None = None
 
     # ------------------------------------------------------------------
     # Start-up
@@ -309,6 +312,8 @@ class Raft:
         for done in self._after_persist:
             done.set_result(None)
         self._after_persist.clear()
+        if self._ready_hook is not None:
+            self._ready_hook(self, rd)
         # Leadership follows the core's role as of this Ready, before its
         # messages are routed (a new leader's first appends need replicators).
         await self._sync_leadership()
