@@ -18,6 +18,10 @@ from ._errors import (
     RaftShutdownError as RaftShutdownError,
     TransportError as TransportError,
 )
+from ._file_snapshot_store import (
+    CorruptSnapshotError as CorruptSnapshotError,
+    FileSnapshotStore as FileSnapshotStore,
+)
 from ._fsm import FSM as FSM, BatchingFSM as BatchingFSM, FSMSnapshot as FSMSnapshot
 from ._inmem_network import InmemNetwork as InmemNetwork
 from ._inmem_store import InmemStore as InmemStore
@@ -48,6 +52,12 @@ from ._observations import (
 from ._snapshot_stores import (
     DiscardSnapshotStore as DiscardSnapshotStore,
     InmemSnapshotStore as InmemSnapshotStore,
+)
+from ._sqlite_store import (
+    CorruptLogError as CorruptLogError,
+    CorruptStoreError as CorruptStoreError,
+    SQLiteStore as SQLiteStore,
+    StoreError as StoreError,
 )
 from ._storage import (
     LogStore as LogStore,
@@ -85,4 +95,7 @@ __all__ = [
     "ServerID", "SnapshotMeta", "SnapshotSink", "SnapshotStore", "StableStore",
     "StateObservation", "Suffrage", "TimeoutNow", "Transport", "TransportError",
     "open_raft",
+    # durable storage
+    "CorruptLogError", "CorruptSnapshotError", "CorruptStoreError", "FileSnapshotStore",
+    "SQLiteStore", "StoreError",
 ]
