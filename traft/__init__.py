@@ -81,6 +81,11 @@ from ._types import (
 
 __version__ = "0.1.0"
 
+# A library logs; the application decides where (no "No handlers" output).
+import logging as _logging
+
+_logging.getLogger("traft").addHandler(_logging.NullHandler())
+
 __all__ = [
     "AppendEntries", "AppendEntriesResponse", "Applied", "BatchingFSM", "CantBootstrapError",
     "Config", "Configuration", "ConfigurationChangeError", "DiscardSnapshotStore", "FSM",

@@ -67,6 +67,12 @@ from ._ready import Completion, Envelope, Failure, HardState, Ready
 
 logger = logging.getLogger("traft.core")
 
+# Test-only switches that plant known protocol bugs, so the simulator can
+# prove it catches them (traft.testing.planted_bugs). Never set in production.
+PLANTABLE_BUGS = frozenset({"commit_previous_term", "count_stale_votes", "vote_without_log_check",
+                            "skip_consistency_check"})
+_PLANTED_BUGS: set[str] = set()
+
 # At most this many committed entries are handed to the applier per Ready,
 # so one huge catch-up does not build one huge batch.
 MAX_APPLY_BATCH = 1024
@@ -281,6 +287,10 @@ class RaftCore:
                 self._become_follower(m.term, m.src if leader else None,
                                       m.src_address if leader else None)
         elif m.term < self.term:
+            if isinstance(m, RequestVoteResponse) and "count_stale_votes" in _PLANTED_BUGS:
+                if self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+                    self._step_candidate(m)
+                return
             if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
                 # Tell the stale leader about our term so it steps down (§5.1).
                 self._reject_stale_leader(m)
@@ -553,7 +563,8 @@ class RaftCore:
                         self.id, "pre-" if m.prevote else "", m.src, m.term, self.leader_id)
             self._reply_vote(m, granted=False, term=self.term)
             return
-        log_ok = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        log_ok = (self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+                  or "vote_without_log_check" in _PLANTED_BUGS)
         if m.prevote:
             # Never change our term or vote for a pre-vote (§9.6).
             self._reply_vote(m, granted=log_ok, term=m.term if log_ok else self.term)
@@ -586,7 +597,7 @@ class RaftCore:
                     return
                 if m.granted and m.term != self.term + 1:
                     return  # an answer to an older pre-vote round
-            elif m.prevote or m.term != self.term:
+            elif m.prevote or (m.term != self.term and "count_stale_votes" not in _PLANTED_BUGS):
                 return
             if m.src not in self.voters:
                 return
@@ -642,7 +653,7 @@ class RaftCore:
             self._reply_append(m, success=False, index=m.prev_log_index,
                                hint=self.log.last_index)
             return
-        if local_term != prev_term:
+        if local_term != prev_term and "skip_consistency_check" not in _PLANTED_BUGS:
             # Skip the whole conflicting term, but never below what is committed.
             hint = max(self.log.first_index_of_term(prev) - 1, self.commit_index)
             self._reply_append(m, success=False, index=m.prev_log_index,
@@ -800,7 +811,8 @@ class RaftCore:
         match[self.id] = self._stable_last
         index = committed_index(self.voters, match)
         # §5.4.2 (Figure 8): only entries of the current term commit by counting.
-        if index > self.commit_index and self.log.term(index) == self.term:
+        if index > self.commit_index and (self.log.term(index) == self.term
+                                          or "commit_previous_term" in _PLANTED_BUGS):
             self.commit_index = index
             for pr in self.progress.values():
                 if pr.commit_sent < index and pr.commit_notify_at is None:
