@@ -2,46 +2,80 @@
 log order, exactly once, and hands each result to the ``apply()`` caller.
 
 It is fed over a bounded, lossless channel: when the FSM falls behind, the
-state loop waits here, which is the node's back-pressure point.
+state loop waits here, which is the node's back-pressure point. Snapshot
+capture and restore travel on the same channel, so each happens at an exact
+point between entries.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from ._blocking import run_blocking
+
 from ._errors import LeadershipLostError
+from ._storage import SnapshotStore
 from ._types import Applied, Log, LogType
 from ._waiters import Future, IndexWaiters
 
 logger = logging.getLogger("traft.applier")
 
-APPLY_QUEUE = 64  # batches
+APPLY_QUEUE = 64  # items
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Take an FSMSnapshot now; answers (snapshot, index, term)."""
+
+    future: Future[tuple[Any, int, int]]
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Replace the FSM's state with snapshot ``snapshot_id`` at ``index``."""
+
+    store: SnapshotStore
+    snapshot_id: str
+    index: int
+    term: int
+    future: Future[None] | None = None
+
+
+Item = list[Log] | Capture | Restore
 
 
 class Applier:
-    def __init__(self, fsm: Any, node_id: str, applied_index: int = 0) -> None:
+    def __init__(self, fsm: Any, node_id: str, applied_index: int = 0,
+                 applied_term: int = 0) -> None:
         self.fsm = fsm
         self.node_id = node_id
         self.applied_index = applied_index
+        self.applied_term = applied_term
         # index -> (term, future) of entries this node proposed as leader
         self.waiters: dict[int, tuple[int, Future[Applied]]] = {}
         self.index_waiters = IndexWaiters()
         self._batching = callable(getattr(fsm, "apply_batch", None))
-        self.send, self._receive = trio.open_memory_channel[list[Log]](APPLY_QUEUE)
+        self.send, self._receive = trio.open_memory_channel[Item](APPLY_QUEUE)
 
     @property
     def pending(self) -> int:
-        """Batches handed over but not yet applied (hashicorp fsm_pending)."""
+        """Items handed over but not yet applied (hashicorp fsm_pending)."""
         return int(self._receive.statistics().current_buffer_used)
 
     async def run(self) -> None:
         async with self._receive:
-            async for batch in self._receive:
-                await self._apply(batch)
+            async for item in self._receive:
+                if isinstance(item, Capture):
+                    await self._capture(item)
+                elif isinstance(item, Restore):
+                    await self._restore(item)
+                else:
+                    await self._apply(item)
                 self.index_waiters.release_through(self.applied_index)
 
     async def wait_applied(self, index: int) -> None:
@@ -55,12 +89,42 @@ class Applier:
             _, fut = self.waiters.pop(i)
             fut.set_exception(type(error)(*error.args))
 
+    async def _capture(self, item: Capture) -> None:
+        try:
+            snap = self.fsm.snapshot()
+            if inspect.isawaitable(snap):
+                snap = await snap
+        except Exception as exc:
+            item.future.set_exception(exc)
+            return
+        item.future.set_result((snap, self.applied_index, self.applied_term))
+
+    async def _restore(self, item: Restore) -> None:
+        try:
+            _, source = await item.store.open(item.snapshot_id)
+            try:
+                await run_blocking(self.fsm.restore, source)
+            finally:
+                source.close()
+        except Exception as exc:
+            # The FSM may be half restored: nothing safe is left to do.
+            logger.error("%s FSM.restore of snapshot %s failed: %r", self.node_id,
+                         item.snapshot_id, exc)
+            if item.future is not None:
+                item.future.set_exception(exc)
+            raise
+        self.applied_index, self.applied_term = item.index, item.term
+        logger.info("%s restored FSM from snapshot %s (index %d)", self.node_id,
+                    item.snapshot_id, item.index)
+        if item.future is not None:
+            item.future.set_result(None)
+
     async def _apply(self, batch: list[Log]) -> None:
         i = 0
         while i < len(batch):
             entry = batch[i]
             if entry.index <= self.applied_index:
-                i += 1  # already applied (e.g. restored from a snapshot)
+                i += 1  # already covered (e.g. by a restored snapshot)
                 continue
             if entry.type is not LogType.COMMAND:
                 self._finish(entry, None, None)
@@ -109,6 +173,7 @@ class Applier:
 
     def _finish(self, entry: Log, result: Any, error: BaseException | None) -> None:
         self.applied_index = entry.index
+        self.applied_term = entry.term
         waiter = self.waiters.pop(entry.index, None)
         if waiter is None:
             return

@@ -26,12 +26,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import cbor2
 import trio
 
-from ._applier import Applier
+from ._blocking import run_blocking
+
+from ._applier import Applier, Restore
 from ._config import Config
 from ._core import CoreOptions, Failure, RaftCore, Ready, Role
 from ._errors import (
@@ -40,13 +42,31 @@ from ._errors import (
     RaftError,
     RaftShutdownError,
 )
-from ._messages import AppendEntries, Heartbeat, InstallSnapshot, Message, TimeoutNow
+from ._messages import (
+    AppendEntries,
+    Heartbeat,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    Message,
+    TimeoutNow,
+)
 from ._observations import Observation
 from ._observer import ObserverRegistry
 from ._replicator import PeerSender, Replicator
 from ._storage import LogStore, SnapshotStore, StableStore
 from ._transport import Transport
-from ._types import Applied, Configuration, Log, LogType, RaftState, ServerAddress, ServerID
+from ._snapshot_transfer import SnapshotReceiver, response_header, stream_snapshot
+from ._snapshotter import Snapshotter
+from ._types import (
+    Applied,
+    Configuration,
+    Log,
+    LogType,
+    RaftState,
+    ServerAddress,
+    ServerID,
+    SnapshotMeta,
+)
 from ._waiters import Future
 
 logger = logging.getLogger("traft.node")
@@ -90,7 +110,28 @@ class _Bootstrap:
     future: Future[None]
 
 
-_Event = _Received | _Propose | _Request | _Bootstrap
+@dataclass(frozen=True, slots=True)
+class _SnapshotSent:
+    peer: ServerID
+    index: int | None  # None: the transfer failed
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotTaken:
+    index: int
+    term: int
+    future: Future[None]  # resolved once the log is compacted
+
+
+@dataclass(frozen=True, slots=True)
+class _UserRestore:
+    meta: SnapshotMeta
+    source: BinaryIO
+    future: Future[None]
+
+
+_Event = (_Received | _Propose | _Request | _Bootstrap | _SnapshotSent | _SnapshotTaken
+          | _UserRestore)
 
 
 def _encode_hard_state(term: int, voted_for: ServerID | None) -> bytes:
@@ -137,6 +178,7 @@ class Raft:
         self._requests: dict[int, Future[int]] = {}
         self._request_ids = itertools.count(1)
         self._after_persist: list[Future[None]] = []
+        self._after_compact: list[Future[None]] = []
         self._outbox: dict[ServerAddress, PeerSender] = {}
         self._replicators: dict[ServerID, Replicator] = {}
         self._leader_term: int | None = None
@@ -151,6 +193,8 @@ class Raft:
         # Test-only: called with (raft, ready) once a Ready is durable, before
         # its messages go out. traft.testing uses it to check invariants.
         self._ready_hook: Callable[[Raft, Ready], None] | None = None
+        self._receiver = SnapshotReceiver(snapshot_store)
+        self._snapshotter: Snapshotter
 
     # ------------------------------------------------------------------
     # Start-up
@@ -160,7 +204,6 @@ class Raft:
         term, voted_for = _decode_hard_state(await self.stable_store.get(HARD_STATE_KEY))
         snap_index = snap_term = snap_cfg_index = 0
         snap_cfg = Configuration()
-        applied = 0
         snapshots = await self.snapshot_store.list()
         if snapshots:
             meta = snapshots[0]
@@ -169,21 +212,33 @@ class Raft:
             if not self.config.no_snapshot_restore_on_start:
                 _, source = await self.snapshot_store.open(meta.id)
                 try:
-                    await trio.to_thread.run_sync(self.fsm.restore, source)
+                    await run_blocking(self.fsm.restore, source)
                 finally:
                     source.close()
-                applied = snap_index
                 logger.info("%s restored snapshot %s at index %d", self.config.local_id,
                             meta.id, meta.index)
             self._last_snapshot_index, self._last_snapshot_term = snap_index, snap_term
+        # hashicorp: the snapshot's index counts as applied even when the
+        # FSM recovers by other means (no_snapshot_restore_on_start).
+        applied = snap_index
         first = await self.log_store.first_index()
         last = await self.log_store.last_index()
         entries: list[Log] = []
-        if last > 0:
-            start = max(first, snap_index + 1)
-            if start > snap_index + 1:
+        base_index, base_term = snap_index, snap_term
+        if last > snap_index:
+            if first > snap_index + 1:
                 raise RaftError(f"log store starts at {first} but the newest snapshot "
                                 f"ends at {snap_index}: entries are missing")
+        if last > 0 and first > 0:
+            if first <= snap_index:
+                # Trailing entries before the snapshot stay in memory so
+                # followers just behind need no snapshot; the first one is
+                # the base (only its term is needed).
+                base = await self.log_store.get_log(first)
+                base_index, base_term = base.index, base.term
+                start = first + 1
+            else:
+                start = first
             for index in range(start, last + 1):
                 entries.append(await self.log_store.get_log(index))
         self._core = RaftCore(
@@ -199,13 +254,12 @@ class Raft:
             rng=self._rng, now=trio.current_time(), term=term, voted_for=voted_for,
             entries=entries, snapshot_index=snap_index, snapshot_term=snap_term,
             snapshot_configuration=snap_cfg, snapshot_configuration_index=snap_cfg_index,
+            log_base_index=base_index, log_base_term=base_term,
         )
-        if applied == 0 and snap_index:
-            # Not restoring: the FSM starts empty and replays from the log
-            # as far as it reaches (hashicorp's no-restore mode).
-            pass
-        self._applier = Applier(self.fsm, self.config.local_id, applied_index=applied)
+        self._applier = Applier(self.fsm, self.config.local_id, applied_index=applied,
+                                applied_term=snap_term)
         self._core.report_applied(applied)
+        self._snapshotter = Snapshotter(self)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                    ) -> None:
@@ -215,6 +269,7 @@ class Raft:
                 nursery.start_soon(self._guard, self._state_loop)
                 nursery.start_soon(self._guard, self._receive_loop)
                 nursery.start_soon(self._guard, self._applier.run)
+                nursery.start_soon(self._guard, self._snapshotter.run)
                 task_status.started()
         finally:
             self._mark_shutdown()
@@ -256,17 +311,41 @@ class Raft:
                 proposals += isinstance(event, _Propose)
             now = trio.current_time()
             core.report_applied(self._applier.applied_index)
-            self._handle_events(events, now)
+            restores = [e for e in events if isinstance(e, _UserRestore)]
+            self._handle_events([e for e in events if not isinstance(e, _UserRestore)], now)
+            for restore in restores:
+                while core.has_ready():
+                    await self._handle_ready(core.ready())
+                await self._user_restore(restore)
             core.tick(trio.current_time())
             while core.has_ready():
                 await self._handle_ready(core.ready())
+            for done in self._after_compact:
+                done.set_result(None)
+            self._after_compact.clear()
 
     def _handle_events(self, events: list[_Event], now: float) -> None:
         core = self._core
         proposals: list[_Propose] = []
         for event in events:
             if isinstance(event, _Received):
-                core.step(event.message, now)
+                message = event.message
+                if isinstance(message, InstallSnapshotResponse):
+                    rep = self._replicators.get(message.src)
+                    if rep is not None and rep.snapshot_acks is not None:
+                        try:
+                            rep.snapshot_acks.send_nowait(message)
+                        except (trio.WouldBlock, trio.BrokenResourceError):
+                            pass
+                core.step(message, now)
+            elif isinstance(event, _SnapshotSent):
+                rep = self._replicators.get(event.peer)
+                if rep is not None:
+                    rep.streaming = False
+                core.report_snapshot(event.peer, event.index is not None, event.index or 0)
+            elif isinstance(event, _SnapshotTaken):
+                core.snapshot_taken(event.index, event.term, self.config.trailing_logs)
+                self._after_compact.append(event.future)
             elif isinstance(event, _Propose):
                 proposals.append(event)
             elif isinstance(event, _Request):
@@ -309,6 +388,14 @@ class Raft:
             await self.log_store.delete_range(*rd.delete_range)
         if rd.entries:
             await self.log_store.store_logs(rd.entries)
+        installed: list[SnapshotMeta] = []
+        for chunk in rd.install:
+            ok, next_offset, meta = await self._receiver.chunk(chunk)
+            self._route(chunk.src_address, InstallSnapshotResponse(
+                **response_header(chunk, self.config.local_id, self.transport.local_address),
+                snapshot_id=chunk.snapshot_id, success=ok, next_offset=next_offset))
+            if meta is not None:
+                installed.append(meta)
         for done in self._after_persist:
             done.set_result(None)
         self._after_persist.clear()
@@ -334,7 +421,19 @@ class Raft:
                 request.set_exception(_failure_error(c.failure, c.leader_id, c.leader_address))
         for obs in rd.observations:
             self._observers.publish(obs)
+        for peer, _ in rd.send_snapshot:
+            self._start_snapshot_stream(peer)
         core.advance(rd)
+        if rd.compact_through is not None:
+            first = await self.log_store.first_index()
+            if 0 < first <= rd.compact_through:
+                await self.log_store.delete_range(first, rd.compact_through)
+        for meta in installed:
+            if core.install_snapshot(meta.index, meta.term, meta.configuration,
+                                     meta.configuration_index):
+                await self._applier.send.send(Restore(self.snapshot_store, meta.id,
+                                                      meta.index, meta.term))
+                self._last_snapshot_index, self._last_snapshot_term = meta.index, meta.term
 
     def _route(self, address: ServerAddress, message: Message) -> None:
         if isinstance(message, (AppendEntries, Heartbeat, TimeoutNow, InstallSnapshot)):
@@ -373,7 +472,7 @@ class Raft:
                     rep = Replicator(self.transport, pid, pr.address,
                                      send_timeout=self.config.election_timeout)
                     self._replicators[pid] = rep
-                    self._leader_nursery.start_soon(rep.run)
+                    await self._leader_nursery.start(rep.run)
 
     async def _leadership(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                           ) -> None:
@@ -396,6 +495,68 @@ class Raft:
         self._applier.fail_waiters_above(
             self._core.commit_index, LeadershipLostError("leadership lost while committing"))
 
+    def _start_snapshot_stream(self, peer: ServerID) -> None:
+        rep = self._replicators.get(peer)
+        if rep is None or rep.nursery is None or rep.streaming:
+            return
+        rep.streaming = True
+        send, receive = trio.open_memory_channel[InstallSnapshotResponse](4)
+        rep.snapshot_acks = send
+        header = {"term": self._core.term, "src": self.config.local_id,
+                  "src_address": self.transport.local_address, "dst": peer}
+
+        async def stream() -> None:
+            index: int | None = None
+            try:
+                with receive:
+                    index = await stream_snapshot(
+                        store=self.snapshot_store, transport=self.transport,
+                        address=rep.address, acks=receive, header=header,
+                        timeout=2 * self.config.election_timeout)
+            except Exception as exc:
+                logger.warning("%s: snapshot to %s failed: %r", self.config.local_id, peer, exc)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.config.election_timeout):
+                    await self._inbox_send.send(_SnapshotSent(peer, index))
+
+        rep.nursery.start_soon(stream)
+
+    async def _snapshot_taken(self, index: int, term: int) -> None:
+        done: Future[None] = Future()
+        await self._enqueue(_SnapshotTaken(index, term, done))
+        await done.wait()
+
+    async def _user_restore(self, event: _UserRestore) -> None:
+        """hashicorp restoreUserSnapshot, inside the state loop: nothing else
+        happens meanwhile (like hashicorp's leader loop, heartbeats pause)."""
+        core = self._core
+        if core.role is not Role.LEADER:
+            event.future.set_exception(NotLeaderError(core.leader_id, core.leader_address))
+            return
+        try:
+            index = max(event.meta.index, core.log.last_index) + 1
+            cfg_index, cfg = core.committed_configuration()
+            sink = await self.snapshot_store.create(1, index, core.term, cfg, cfg_index)
+            try:
+                await run_blocking(_copy_stream, event.source, sink)
+            except BaseException:
+                await run_blocking(sink.cancel)
+                raise
+            await run_blocking(sink.close)
+            done: Future[None] = Future()
+            await self._applier.send.send(Restore(self.snapshot_store, sink.id, index,
+                                                  core.term, done))
+            await done.wait()
+        except Exception as exc:
+            event.future.set_exception(exc)
+            return
+        new_index = core.restore_user_snapshot(event.meta.index)
+        assert new_index == index
+        self._last_snapshot_index, self._last_snapshot_term = index, core.term
+        self._applier.fail_waiters_above(
+            0, RaftError("the cluster's state was replaced by restore()"))
+        event.future.set_result(None)
+
     async def _receive_loop(self) -> None:
         while True:
             message = await self.transport.receive()
@@ -416,9 +577,10 @@ class Raft:
         for fut in self._requests.values():
             fut.set_exception(RaftShutdownError(err))
         self._requests.clear()
-        for done in self._after_persist:
+        for done in self._after_persist + self._after_compact:
             done.set_exception(RaftShutdownError(err))
         self._after_persist.clear()
+        self._after_compact.clear()
         applier = getattr(self, "_applier", None)
         if applier is not None:
             for _, fut in applier.waiters.values():
@@ -431,7 +593,7 @@ class Raft:
                 event = self._inbox_recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if isinstance(event, (_Propose, _Request, _Bootstrap)):
+            if isinstance(event, (_Propose, _Request, _Bootstrap, _UserRestore, _SnapshotTaken)):
                 event.future.set_exception(RaftShutdownError(err))
         self._observers.close()
 
@@ -509,6 +671,21 @@ class Raft:
         index = await fut.wait()
         await self._applier.wait_applied(index)
         return index
+
+    async def snapshot(self) -> SnapshotMeta:
+        """[Snapshot] Take a snapshot now; read it back with the snapshot
+        store's ``open``. NothingNewToSnapshotError if nothing was applied
+        since the last one."""
+        self._check_open()
+        return await self._snapshotter.take()
+
+    async def restore(self, meta: SnapshotMeta, source: BinaryIO) -> None:
+        """[Restore] Replace the whole cluster's state with a user snapshot
+        (leader only). Pending applies fail; ``source`` stays open (yours)."""
+        self._check_leader()
+        fut: Future[None] = Future()
+        await self._enqueue(_UserRestore(meta, source, fut))
+        await fut.wait()
 
     def get_configuration(self) -> Configuration:
         """[GetConfiguration] The latest configuration (committed or not)."""
@@ -588,6 +765,14 @@ class Raft:
             "protocol_version": 1,
             "observations_dropped": self._observers.dropped,
         }
+
+
+def _copy_stream(source: BinaryIO, sink: Any, chunk: int = 1 << 20) -> None:
+    while True:
+        data = source.read(chunk)
+        if not data:
+            return
+        sink.write(data)
 
 
 def _as_bytes(value: object, name: str) -> bytes:

@@ -18,7 +18,7 @@ import logging
 import trio
 
 from ._errors import TransportError
-from ._messages import Heartbeat, Message
+from ._messages import Heartbeat, InstallSnapshotResponse, Message
 from ._transport import Transport
 from ._types import ServerAddress
 from ._core._progress import MAX_INFLIGHT
@@ -68,17 +68,23 @@ class Replicator:
         self.heartbeats = PeerSender(transport, address, capacity=4,
                                      send_timeout=send_timeout)
         self.cancel_scope = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None
+        self.snapshot_acks: trio.MemorySendChannel[InstallSnapshotResponse] | None = None
+        self.streaming = False
 
     def send_nowait(self, message: Message) -> bool:
         if isinstance(message, Heartbeat):
             return self.heartbeats.send_nowait(message)
         return self.data.send_nowait(message)
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 nursery.start_soon(self.data.run)
                 nursery.start_soon(self.heartbeats.run)
+                task_status.started()
 
     def stop(self) -> None:
         self.cancel_scope.cancel()

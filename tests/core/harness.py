@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 
-from traft._core import CoreOptions, Envelope, RaftCore, Ready, Role
+from traft._core import Completion, CoreOptions, Envelope, RaftCore, Ready, Role
 from traft._messages import Message
 from traft._types import Configuration, Log, LogType, Server
 
@@ -33,6 +33,7 @@ class CoreNetwork:
         self.cores = {i: new_core(i, options=options, seed=seed) for i in self.ids}
         self.in_flight: list[Envelope] = []
         self.applied: dict[str, list[Log]] = {i: [] for i in self.ids}
+        self.completions: dict[str, list[Completion]] = {i: [] for i in self.ids}
         self.cut: set[tuple[str, str]] = set()
         self.drop: Callable[[Message], bool] | None = None
         self.sent: list[Message] = []
@@ -71,6 +72,7 @@ class CoreNetwork:
             self.in_flight.append(env)
             self.sent.append(env.message)
         self.applied[id].extend(rd.committed)
+        self.completions[id].extend(rd.completions)
         core.advance(rd)
         return rd
 

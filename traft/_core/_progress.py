@@ -20,6 +20,7 @@ MAX_INFLIGHT = 32
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"  # the entries it needs are compacted: a snapshot is streaming
 
 
 @dataclass
@@ -60,8 +61,15 @@ class Progress:
             return True
         return False
 
+    def become_snapshot(self) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.probe_sent = False
+        self.inflight.clear()
+
     @property
     def paused(self) -> bool:
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         if self.state is ProgressState.PROBE:
             return self.probe_sent
         return len(self.inflight) >= MAX_INFLIGHT

@@ -142,6 +142,8 @@ class RaftCore:
         snapshot_term: int = 0,
         snapshot_configuration: Configuration = Configuration(),
         snapshot_configuration_index: int = 0,
+        log_base_index: int | None = None,
+        log_base_term: int | None = None,
     ) -> None:
         self.id = id
         self.address = address
@@ -154,13 +156,24 @@ class RaftCore:
         self._hard_state_dirty = False
 
         self.role = Role.FOLLOWER
-        self.log = RaftLog(snapshot_index, snapshot_term, entries)
+        # The in-memory log may start before the snapshot (trailing logs are
+        # kept so a slightly lagging follower needs no snapshot).
+        if log_base_index is None:
+            log_base_index, log_base_term = snapshot_index, snapshot_term
+        if log_base_index > snapshot_index:
+            raise ValueError("log base cannot be after the snapshot")
+        self.log = RaftLog(log_base_index, log_base_term or 0, entries)
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
         self.membership = Membership(snapshot_configuration_index, snapshot_configuration)
         for e in entries:
-            if e.type is LogType.CONFIGURATION:
+            if e.type is LogType.CONFIGURATION and e.index > snapshot_configuration_index:
                 self._note_configuration_entry(e)
         self._stable_last = self.log.last_index
         self._pending_delete: tuple[int, int] | None = None
+        self._pending_compact: int | None = None
+        self._snapshot_requests: list[tuple[ServerID, ServerAddress]] = []
+        self._install_chunks: list[InstallSnapshot] = []
 
         # Everything up to the snapshot is committed and applied (the driver
         # restores the FSM from it before the core runs).
@@ -211,6 +224,10 @@ class RaftCore:
 
     def committed_configuration(self) -> tuple[int, Configuration]:
         return self.membership.committed(self.commit_index)
+
+    def configuration_at(self, index: int) -> tuple[int, Configuration]:
+        """The configuration in force at ``index`` (for snapshot metadata)."""
+        return self.membership.committed(index)
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``tick`` has something to do."""
@@ -323,6 +340,11 @@ class RaftCore:
         """Start an election now (tests; TimeoutNow)."""
         self._check_not_in_ready()
         self._now = now
+        if self.role is Role.LEADER:
+            # etcd hup: "ignoring MsgHup because already leader". Becoming a
+            # candidate here would skip _end_leadership (stale leader timers,
+            # orphaned reads).
+            return
         if not self.membership.latest.is_voter(self.id):
             return
         if transfer or not self.opts.prevote:
@@ -358,6 +380,85 @@ class RaftCore:
     def report_applied(self, index: int) -> None:
         self.applied_index = max(self.applied_index, index)
 
+    def snapshot_taken(self, index: int, term: int, trailing_logs: int) -> None:
+        """A snapshot through ``index`` is durable: compact the log up to
+        min(index, last_index - trailing_logs) (hashicorp compactLogs)."""
+        self._check_not_in_ready()
+        if index > self.snapshot_index:
+            self.snapshot_index, self.snapshot_term = index, term
+        upto = min(self.snapshot_index, self.log.last_index - trailing_logs, self._stable_last)
+        if upto <= self.log.base_index:
+            return
+        term_at = self.log.term(upto)
+        assert term_at is not None
+        self.membership.compacted(*self._configuration_at(upto))
+        self.log.compact(upto, term_at)
+        self._pending_compact = upto
+
+    def install_snapshot(self, index: int, term: int, configuration: Configuration,
+                         configuration_index: int) -> bool:
+        """A snapshot received from the leader is durable (§7): discard the
+        log it covers (keeping a suffix that agrees), adopt its configuration
+        and commit it. False if it was stale and nothing changed."""
+        self._check_not_in_ready()
+        if index <= self.commit_index:
+            return False
+        keep_suffix = self.log.term(index) == term
+        if not keep_suffix:
+            self._pending_compact = max(self._stable_last, index)
+            self._pending_delete = None
+            self.log = RaftLog(index, term)
+            self.membership = Membership(configuration_index, configuration)
+        else:
+            self.membership.compacted(configuration_index, configuration)
+            self.log.compact(index, term)
+            self._pending_compact = index
+        self._stable_last = max(self._stable_last, index) if keep_suffix else index
+        self.snapshot_index, self.snapshot_term = index, term
+        self.commit_index = index
+        self._applying = max(self._applying, index)
+        self._reset_election_timer()
+        logger.info("%s installed snapshot at %d (term %d)", self.id, index, term)
+        return True
+
+    def report_snapshot(self, peer: ServerID, ok: bool, index: int) -> None:
+        """The leader's stream of snapshot ``index`` to ``peer`` ended
+        (etcd ReportSnapshot)."""
+        self._check_not_in_ready()
+        pr = self.progress.get(peer)
+        if self.role is not Role.LEADER or pr is None:
+            return
+        if ok:
+            pr.acknowledge(index)
+        pr.become_probe()
+        self._send_appends(pr, allow_empty=True)
+
+    def restore_user_snapshot(self, index: int) -> int:
+        """hashicorp Restore on the leader: the FSM now holds a user
+        snapshot; the log restarts after it at a fresh index, above both the
+        old last index and ``index``, so every follower installs it."""
+        self._check_not_in_ready()
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id, self.leader_address)
+        new_index = max(index, self.log.last_index) + 1
+        _, cfg = self.membership.committed(self.commit_index)
+        self._pending_compact = max(self._stable_last, new_index)
+        self._pending_delete = None
+        self.log = RaftLog(new_index, self.term)
+        self.membership = Membership(new_index, cfg)
+        self._stable_last = new_index
+        self.snapshot_index, self.snapshot_term = new_index, self.term
+        self.commit_index = self._applying = new_index
+        for pr in self.progress.values():
+            pr.match_index = 0
+            pr.become_probe()
+            pr.next_index = new_index + 1
+        self._replicate_all = True
+        return new_index
+
+    def _configuration_at(self, index: int) -> tuple[int, Configuration]:
+        return self.membership.committed(index)
+
     # ------------------------------------------------------------------
     # Output
 
@@ -372,6 +473,9 @@ class RaftCore:
             or self._replicate_all
             or self._heartbeat_now
             or self._applying < min(self.commit_index, self._stable_last)
+            or self._pending_compact is not None
+            or self._snapshot_requests
+            or self._install_chunks
         )
 
     def ready(self) -> Ready:
@@ -396,8 +500,12 @@ class RaftCore:
                                      MAX_APPLY_BATCH),
             completions=self._completions,
             observations=self._observations,
+            compact_through=self._pending_compact,
+            send_snapshot=self._snapshot_requests,
+            install=self._install_chunks,
         )
         self._messages, self._completions, self._observations = [], [], []
+        self._snapshot_requests, self._install_chunks = [], []
         self._ready_outstanding = True
         return rd
 
@@ -412,6 +520,8 @@ class RaftCore:
             self._stable_last = rd.entries[-1].index
         if rd.committed:
             self._applying = rd.committed[-1].index
+        if rd.compact_through is not None and rd.compact_through == self._pending_compact:
+            self._pending_compact = None
         if self.role is Role.LEADER and rd.entries:
             # Our own copy now counts towards the quorum.
             self._maybe_commit()
@@ -624,8 +734,10 @@ class RaftCore:
             logger.info("%s got TimeoutNow from %s at term %d", self.id, m.src, self.term)
             self.campaign(self._now, transfer=True)
         elif isinstance(m, InstallSnapshot):
-            logger.warning("%s cannot install snapshots yet; ignoring chunk from %s",
-                           self.id, m.src)
+            # §7: the driver writes the chunks; install_snapshot() follows
+            # once the whole snapshot is durable.
+            self._note_leader_contact(m)
+            self._install_chunks.append(m)
 
     def _note_leader_contact(self, m: Message) -> None:
         if self.leader_id != m.src or self.leader_address != m.src_address:
@@ -782,8 +894,11 @@ class RaftCore:
             prev = pr.next_index - 1
             prev_term = self.log.term(prev)
             if prev_term is None:
-                logger.warning("%s cannot replicate to %s: entry %d compacted",
-                               self.id, pr.id, prev)
+                # §7: what it needs is compacted away; send the snapshot.
+                logger.info("%s: %s needs entry %d, compacted; sending snapshot %d",
+                            self.id, pr.id, prev, self.snapshot_index)
+                pr.become_snapshot()
+                self._snapshot_requests.append((pr.id, pr.address))
                 return
             entries = self.log.slice(pr.next_index, self.log.last_index,
                                      self.opts.max_append_entries)

@@ -3,13 +3,16 @@
 The driver handles a Ready in exactly this order (etcd ``node.go`` Ready):
 
 1. Persist: ``hard_state`` to the StableStore, then ``delete_range`` and
-   ``entries`` to the LogStore. These must be durable before step 2: a vote
+   ``entries`` to the LogStore, and write the ``install`` snapshot chunks. These must be durable before step 2: a vote
    or an acknowledgement sent before it is on disk can be forgotten in a
    crash and break Election Safety (§5.2) or lose a commit (§5.3).
 2. Send ``messages``. Loss is allowed; reordering is allowed.
 3. Hand ``committed`` to the FSM applier, in order, losslessly.
-4. Deliver ``completions`` and ``observations``.
+4. Deliver ``completions`` and ``observations``; start streaming a snapshot
+   to each peer in ``send_snapshot``.
 5. Call ``core.advance(ready)``.
+6. Afterwards (not before the entries above are durable), drop log entries
+   up to ``compact_through`` from the LogStore: a snapshot covers them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .._messages import Message
+from .._messages import InstallSnapshot, Message
 from .._observations import Observation
 from .._types import Log, ServerAddress, ServerID
 
@@ -63,3 +66,6 @@ class Ready:
     committed: list[Log] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
+    compact_through: int | None = None
+    send_snapshot: list[tuple[ServerID, ServerAddress]] = field(default_factory=list)
+    install: list[InstallSnapshot] = field(default_factory=list)

@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 
 import trio
 
+from .._blocking import inline_blocking
 from .._config import Config
 from .._inmem_network import InmemNetwork
 from .._inmem_store import InmemStore
-from .._node import Raft, open_raft
+from .._node import Raft, _collapse, open_raft
 from .._snapshot_stores import InmemSnapshotStore
 from .._storage import SnapshotSink
 from .._types import Configuration, Log, RaftState, Server, ServerID
@@ -170,6 +171,17 @@ async def open_cluster(n: int = 3, *, seed: int = 0, bootstrap: bool = True,
     ``config`` overrides Config fields for every node (e.g. ``prevote=False``).
     """
     names = list(ids) if ids is not None else [f"n{i}" for i in range(1, n + 1)]
+    with inline_blocking():
+        try:
+            async with _cluster_nursery(names, seed, bootstrap, config) as cluster:
+                yield cluster
+        except BaseExceptionGroup as group:
+            raise _collapse(group) from None
+
+
+@asynccontextmanager
+async def _cluster_nursery(names: list[ServerID], seed: int, bootstrap: bool,
+                           config: dict[str, Any]) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery, names, seed=seed, config=config)
         for id in names:

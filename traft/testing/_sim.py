@@ -29,6 +29,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from .._blocking import inline_blocking
 from .._config import Config
 from .._core import Ready
 from .._core import _raft as _core_raft
@@ -440,6 +441,12 @@ Script = Callable[[SimulatedCluster], Awaitable[None]]
 
 async def _simulate(seed: int, options: SimulationOptions, result: SimulationResult,
                     script: Script | None) -> None:
+    with inline_blocking():
+        await _simulate_inline(seed, options, result, script)
+
+
+async def _simulate_inline(seed: int, options: SimulationOptions, result: SimulationResult,
+                           script: Script | None) -> None:
     async with trio.open_nursery() as nursery:
         sim = SimulatedCluster(seed, options, nursery)
         for id in sim.ids:
