@@ -59,7 +59,10 @@ class SimulationOptions:
     keys: int = 3
     heal_timeout: float = 60.0  # simulated seconds allowed to converge
     op_timeout: float = 5.0
-    config: tuple[tuple[str, Any], ...] = ()  # Config overrides, e.g. (("prevote", False),)
+    # Config overrides. Small snapshot settings so runs compact their logs and
+    # lagging servers catch up by InstallSnapshot under the same faults.
+    config: tuple[tuple[str, Any], ...] = (
+        ("snapshot_threshold", 40), ("trailing_logs", 10), ("snapshot_interval", 2.0))
 
 
 @dataclass
@@ -74,6 +77,8 @@ class SimulationResult:
     faults: dict[str, int] = field(default_factory=dict)
     leaders: int = 0
     history_size: int = 0
+    snapshots_installed: int = 0
+    compactions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -173,6 +178,8 @@ class SimulatedCluster:
         self.fault_counts: dict[str, int] = {}
         self.acknowledged: list[tuple[int, int, bytes]] = []  # (index, term, data)
         self.leader_hint: ServerID | None = None
+        self.snapshots_installed = 0
+        self.compactions = 0
         self.configuration = Configuration(tuple(Server(i, i) for i in self.ids))
 
     # -- nodes -------------------------------------------------------------
@@ -185,6 +192,8 @@ class SimulatedCluster:
             core.commit_index, core.log.last_index, len(rd.messages), len(rd.entries),
             len(rd.committed))).encode())
         self.checker.on_ready(core.id, core, rd)
+        self.snapshots_installed += sum(1 for m in rd.install if m.done)
+        self.compactions += rd.compact_through is not None
 
     async def start(self, id: ServerID) -> None:
         self.fsms[id] = KVStateMachine()
@@ -467,6 +476,8 @@ async def _simulate_inline(seed: int, options: SimulationOptions, result: Simula
         result.trace_hash = sim.trace.hexdigest()
         result.faults = dict(sim.fault_counts)
         result.leaders = len(sim.checker.leaders)
+        result.snapshots_installed = sim.snapshots_installed
+        result.compactions = sim.compactions
         ops = sim.history.operations()
         result.history_size = len(ops)
         result.ops = {s.name.lower(): sum(1 for o in ops if o.status is s) for s in Status}
