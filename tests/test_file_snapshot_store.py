@@ -297,3 +297,15 @@ async def test_snapshots_are_streamed_never_held_whole_in_memory(tmp_path: Path)
     # 64 MiB went through each way; a few 1 MiB chunks in flight at most.
     assert write_peak < 4 << 20, write_peak
     assert read_peak < 4 << 20, read_peak
+
+
+async def test_a_crash_between_commit_and_cleanup_leaves_no_more_than_retain(
+        tmp_path: Path) -> None:
+    # A commit renames the new snapshot in and then removes the oldest; a
+    # crash in between leaves retain + 1 on disk until the next call.
+    wide = FileSnapshotStore(tmp_path, retain=3)
+    metas = [await write(wide, i, 1, b"x") for i in range(1, 4)]
+    store = FileSnapshotStore(tmp_path, retain=2)
+    assert await store.list() == [metas[2], metas[1]]
+    assert sorted(p.name for p in snap_dir(tmp_path).iterdir()) == sorted(
+        [metas[1].id, metas[2].id])

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -429,3 +430,22 @@ async def test_the_file_is_marked_as_a_traft_store_with_its_schema_version(
     assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     raw.close()
+
+
+def store_threads(path: Path) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == f"traft-sqlite {path}"]
+
+
+async def test_the_worker_thread_ends_with_aclose_and_with_a_failed_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.store_logs(entries(1, 1))
+        assert len(store_threads(path)) == 1  # one dedicated thread per store
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 100)
+    with pytest.raises(StoreError):
+        async with SQLiteStore(bad):
+            pass
+    with trio.fail_after(5):
+        while store_threads(path) or store_threads(bad):
+            await trio.sleep(0.01)

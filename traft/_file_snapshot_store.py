@@ -356,7 +356,7 @@ class FileSnapshotStore:
     def _list_sync(self) -> builtins.list[SnapshotMeta]:
         with self._lock:
             try:
-                return [meta for meta, _ in self._scan(self._prepare())][: self._retain]
+                return self._tidy()
             except OSError as exc:
                 raise StoreError(f"cannot list snapshots in {self._directory}: {exc}") from exc
 
@@ -438,17 +438,26 @@ class FileSnapshotStore:
             os.rename(tmp_dir, os.path.join(self._snapshots, id))
             _fsync_path(self._snapshots, directory=True)
             try:
-                for meta, path in self._scan(self._prepare())[self._retain:]:
-                    # Rename first so a crash mid-removal leaves a .tmp (removed
-                    # later), never a half-deleted snapshot under its real name.
-                    doomed = os.path.join(self._snapshots, meta.id + ".reap" + _TMP)
-                    os.rename(path, doomed)
-                    shutil.rmtree(doomed, ignore_errors=True)
-                _fsync_path(self._snapshots, directory=True)
+                self._tidy()
             except OSError as exc:
                 # The new snapshot is committed; failing to drop old ones
-                # only costs disk space, and the next commit retries.
+                # only costs disk space, and the next call retries.
                 logger.warning("cannot remove old snapshots in %s: %s", self._snapshots, exc)
+
+    def _tidy(self) -> builtins.list[SnapshotMeta]:
+        """Remove crash leftovers and the snapshots beyond ``retain`` (a crash
+        between a commit and this can leave one too many); the rest, newest
+        first. Called with the lock held."""
+        found = self._scan(self._prepare())
+        if len(found) > self._retain:
+            for meta, path in found[self._retain:]:
+                # Rename first so a crash mid-removal leaves a .tmp (removed
+                # later), never a half-deleted snapshot under its real name.
+                doomed = os.path.join(self._snapshots, meta.id + ".reap" + _TMP)
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            _fsync_path(self._snapshots, directory=True)
+        return [meta for meta, _ in found[: self._retain]]
 
     def _discard(self, id: str, tmp_dir: str) -> None:
         with self._lock:

@@ -8,9 +8,10 @@ Layout and guarantees:
   ``set`` returns, the data is on disk. ``store_logs`` writes its whole batch
   in one transaction, so a batch costs one fsync (what makes group commit pay).
 - A row per log entry, keyed by ``idx INTEGER PRIMARY KEY`` (SQLite's rowid
-  B-tree): ``first_index``/``last_index`` are ``min``/``max`` lookups at the
-  ends of the tree, and ``delete_range`` touches only the rows it removes, for
-  a prefix (compaction) as for a suffix (conflict truncation).
+  B-tree): ``first_index``/``last_index`` come from ``min``/``max`` lookups at
+  the ends of the tree, done on open and after a delete and kept in memory
+  in between; ``delete_range`` touches only the rows it removes, for a prefix
+  (compaction) as for a suffix (conflict truncation).
 - Every row carries a CRC-32 over all of its fields (lengths included); a row
   that fails it raises :class:`CorruptLogError` naming the file and index.
 - The file is marked with SQLite's ``application_id`` (``"trft"``) and its
@@ -21,11 +22,14 @@ Layout and guarantees:
   (another process, or another store object in this one): two nodes on one
   log lose data.
 
-All SQLite work happens in worker threads (``trio.to_thread``) behind a
-``CapacityLimiter(1)``, so the one connection is used serially and the event
-loop never blocks on disk. A call that has reached its worker thread runs to
-completion even if cancelled (the cancellation is delivered afterwards), so a
-cancelled write has either fully happened or not happened at all.
+All SQLite work happens in one dedicated worker thread per store, one job at
+a time (a ``CapacityLimiter(1)`` on the Trio side), so the one connection is
+used serially and the event loop never blocks on disk. A call still waiting
+for its turn is cancellable and changes nothing; a call that has reached the
+thread runs to completion even if cancelled (the cancellation is delivered
+afterwards), so a cancelled write has either fully happened or not at all.
+Answers already in memory (the log's ends, entries read ahead) are served in
+the Trio thread, and rows are checksummed there.
 
 Opening is lazy: the constructor does no I/O; the file is opened (created if
 missing, with its parent directories) on the first call, in the worker
@@ -488,7 +492,11 @@ class SQLiteStore:
             raise StoreError(f"{self._path}: {exc}") from exc
 
     async def __aenter__(self) -> Self:
-        await self._run(lambda conn: None)
+        try:
+            await self._run(lambda conn: None)
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -500,11 +508,12 @@ class SQLiteStore:
         the caller is being cancelled."""
         with trio.CancelScope(shield=True):
             async with self._limiter:
-                await self._worker.call(self._close_sync)
+                self._closed = True
+                if self._conn is not None:
+                    await self._worker.call(self._close_sync)
                 self._worker.stop()
 
     def _close_sync(self) -> None:
-        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
