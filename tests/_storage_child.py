@@ -1,7 +1,8 @@
 """A node process for the crash tests in ``test_storage_recovery.py``.
 
-    python tests/_storage_child.py DIR NODES run     # bootstrap if new, then apply forever
-    python tests/_storage_child.py DIR NODES check   # wait for a leader, barrier, print state
+    python tests/_storage_child.py DIR NODES run [snapshots]  # bootstrap if new, apply forever
+    python tests/_storage_child.py DIR NODES check [snapshots]  # wait for a leader, barrier,
+                                                                # print state
 
 ``NODES`` servers (``n1``..) run in this one process on an ``InmemNetwork``,
 each with its own ``DIR/<id>.db`` (SQLiteStore) and ``DIR/<id>-snapshots``
@@ -12,6 +13,8 @@ prints ``ACK <n>`` (flushed) as soon as each ``apply`` has returned, so every
 printed number was acknowledged to a client. ``check`` prints one JSON line
 ``{"<id>": [commands applied by that node], ...}`` once every node has
 applied everything the leader has. Errors go to stderr with exit status 1.
+With ``snapshots``, nodes snapshot every ~100 applied entries and compact
+their logs down to 50 trailing entries, so a kill may land mid-snapshot.
 """
 
 from __future__ import annotations
@@ -65,17 +68,22 @@ class _Snap:
         pass
 
 
-def config(id: str) -> traft.Config:
-    return traft.Config(local_id=id, heartbeat_timeout=0.2, election_timeout=0.2,
-                        leader_lease_timeout=0.1, commit_timeout=0.01,
-                        rng=random.Random(f"storage-child-{id}"))
+def config(id: str, snapshots: bool) -> traft.Config:
+    cfg = traft.Config(local_id=id, heartbeat_timeout=0.2, election_timeout=0.2,
+                       leader_lease_timeout=0.1, commit_timeout=0.01,
+                       rng=random.Random(f"storage-child-{id}"))
+    if snapshots:
+        cfg.snapshot_interval = 0.05
+        cfg.snapshot_threshold = 100
+        cfg.trailing_logs = 50
+    return cfg
 
 
-async def run_node(id: str, directory: str, network: traft.InmemNetwork,
-                   fsm: ListFSM, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_node(id: str, directory: str, network: traft.InmemNetwork, fsm: ListFSM,
+                   snapshots: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     async with traft.SQLiteStore(os.path.join(directory, f"{id}.db")) as store:
-        snapshots = traft.FileSnapshotStore(os.path.join(directory, f"{id}-snapshots"))
-        async with traft.open_raft(config(id), fsm, store, store, snapshots,
+        snapshot_store = traft.FileSnapshotStore(os.path.join(directory, f"{id}-snapshots"))
+        async with traft.open_raft(config(id, snapshots), fsm, store, store, snapshot_store,
                                    network.transport(id)) as raft:
             task_status.started(raft)
             await trio.sleep_forever()
@@ -101,12 +109,13 @@ async def apply_forever(nodes: list[traft.Raft], counter: list[int]) -> None:
         print(f"ACK {n}", flush=True)
 
 
-async def main(directory: str, count: int, mode: str) -> None:
+async def main(directory: str, count: int, mode: str, snapshots: bool) -> None:
     ids = [f"n{i}" for i in range(1, count + 1)]
     network = traft.InmemNetwork()
     fsms = {id: ListFSM() for id in ids}
     async with trio.open_nursery() as nursery:
-        nodes = [await nursery.start(run_node, id, directory, network, fsms[id]) for id in ids]
+        nodes = [await nursery.start(run_node, id, directory, network, fsms[id], snapshots)
+                 for id in ids]
         if mode == "run":
             cluster = traft.Configuration(tuple(traft.Server(id, id) for id in ids))
             for node in nodes:
@@ -130,7 +139,7 @@ async def main(directory: str, count: int, mode: str) -> None:
 
 if __name__ == "__main__":
     try:
-        trio.run(main, sys.argv[1], int(sys.argv[2]), sys.argv[3])
+        trio.run(main, sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:] == ["snapshots"])
     except* traft.RaftError as group:
         for exc in group.exceptions:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

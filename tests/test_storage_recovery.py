@@ -252,6 +252,35 @@ async def test_a_restarted_follower_rejoins_its_cluster_and_catches_up(
             nursery.cancel_scope.cancel()
 
 
+async def test_raft_snapshot_compacts_the_sqlite_log_and_a_restart_restores_it(
+        tmp_path: Path) -> None:
+    with trio.fail_after(15):
+        fsm = IndexFSM()
+        network = InmemNetwork()
+        async with SQLiteStore(tmp_path / "n1.db") as store:
+            snapshots = FileSnapshotStore(tmp_path / "n1-snapshots")
+            async with open_raft(config("n1", trailing_logs=5), fsm, store, store, snapshots,
+                                 network.transport("n1")) as raft:
+                await raft.bootstrap_cluster(membership("n1"))
+                await wait_leader([raft])
+                for i in range(30):
+                    await raft.apply(f"c{i}".encode())
+                meta = await raft.snapshot()
+                for i in range(30, 40):
+                    await raft.apply(f"c{i}".encode())
+                assert 1 < await store.first_index() <= meta.index - 5 + 1  # compacted
+            assert [m.id for m in await snapshots.list()] == [meta.id]
+            assert meta.configuration == membership("n1")
+
+        again = IndexFSM()
+        async with open_node(tmp_path, "n1", InmemNetwork(), again) as raft:
+            assert again.restored is not None and again.restored[-1][0] <= meta.index
+            assert [c for _, c in again.restored] == [f"c{i}" for i in range(30)]
+            await wait_leader([raft])
+            await raft.barrier()
+        assert again.commands == [f"c{i}" for i in range(40)]
+
+
 # -- real processes, SIGKILL ---------------------------------------------------
 
 
@@ -259,11 +288,17 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-async def run_and_kill(directory: Path, nodes: int, acks: int) -> set[int]:
+def child_args(directory: Path, nodes: int, mode: str, snapshots: bool) -> list[str]:
+    return [sys.executable, str(CHILD), str(directory), str(nodes), mode,
+            *(["snapshots"] if snapshots else [])]
+
+
+async def run_and_kill(directory: Path, nodes: int, acks: int,
+                       snapshots: bool = False) -> set[int]:
     """Start the child in ``run`` mode, SIGKILL it once it has acknowledged
     ``acks`` applies, and return every number it acknowledged."""
     proc = await trio.lowlevel.open_process(
-        [sys.executable, str(CHILD), str(directory), str(nodes), "run"],
+        child_args(directory, nodes, "run", snapshots),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     assert proc.stdout is not None and proc.stderr is not None
     out = b""
@@ -291,21 +326,22 @@ async def run_and_kill(directory: Path, nodes: int, acks: int) -> set[int]:
     return acked
 
 
-async def check_state(directory: Path, nodes: int) -> dict[str, list[str]]:
+async def check_state(directory: Path, nodes: int,
+                      snapshots: bool = False) -> dict[str, list[str]]:
     with trio.fail_after(20):
         proc = await trio.run_process(
-            [sys.executable, str(CHILD), str(directory), str(nodes), "check"],
+            child_args(directory, nodes, "check", snapshots),
             capture_stdout=True, capture_stderr=True, check=False, env=child_env())
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     state: dict[str, list[str]] = json.loads(proc.stdout)
     return state
 
 
-@pytest.mark.parametrize("nodes", [1, 3])
+@pytest.mark.parametrize("nodes, snapshots", [(1, False), (3, False), (1, True), (3, True)])
 async def test_every_acknowledged_apply_survives_a_sigkill_mid_stream(
-        tmp_path: Path, nodes: int) -> None:
-    acked = await run_and_kill(tmp_path, nodes, acks=300)
-    state = await check_state(tmp_path, nodes)  # also: the stores open cleanly
+        tmp_path: Path, nodes: int, snapshots: bool) -> None:
+    acked = await run_and_kill(tmp_path, nodes, acks=600 if snapshots else 300, snapshots=snapshots)
+    state = await check_state(tmp_path, nodes, snapshots)  # also: the stores open cleanly
     assert set(state) == {f"n{i}" for i in range(1, nodes + 1)}
     for id, commands in state.items():
         assert len(commands) == len(set(commands)), f"{id} applied a command twice"
@@ -313,6 +349,14 @@ async def test_every_acknowledged_apply_survives_a_sigkill_mid_stream(
         assert not missing, f"{id} lost acknowledged commands {sorted(missing)[:10]}"
     first = next(iter(state.values()))
     assert all(commands == first for commands in state.values())
+    for id in state:
+        names = [p.name for p in (tmp_path / f"{id}-snapshots" / "snapshots").iterdir()]
+        assert not [n for n in names if n.endswith(".tmp")], names  # leftovers removed
+        assert len(names) <= 2
+        if snapshots:
+            assert names, f"{id} took no snapshot"
+            async with SQLiteStore(tmp_path / f"{id}.db") as store:
+                assert await store.first_index() > 1  # the log was compacted
 
 
 async def test_a_killed_cluster_restarts_again_and_keeps_everything(tmp_path: Path) -> None:
