@@ -66,6 +66,11 @@ from ._storage import (
     StableStore as StableStore,
 )
 from ._transport import Transport as Transport
+from ._codec import RemoteProtocolError as RemoteProtocolError
+from ._websocket_transport import (
+    WebSocketTransport as WebSocketTransport,
+    open_websocket_transport as open_websocket_transport,
+)
 from ._types import (
     Applied as Applied,
     Configuration as Configuration,
@@ -103,4 +108,6 @@ __all__ = [
     # durable storage
     "CorruptLogError", "CorruptSnapshotError", "CorruptStoreError", "FileSnapshotStore",
     "SQLiteStore", "StoreError",
+    # WebSocket transport
+    "RemoteProtocolError", "WebSocketTransport", "open_websocket_transport",
 ]
