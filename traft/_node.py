@@ -36,7 +36,9 @@ from ._blocking import run_blocking
 from ._applier import Applier, Restore
 from ._config import Config
 from ._core import CoreOptions, Failure, RaftCore, Ready, Role
+from ._core._membership import ChangeKind
 from ._errors import (
+    ConfigurationChangeError,
     LeadershipLostError,
     NotLeaderError,
     RaftError,
@@ -130,8 +132,24 @@ class _UserRestore:
     future: Future[None]
 
 
+@dataclass(frozen=True, slots=True)
+class _ConfigChange:
+    kind: ChangeKind
+    id: ServerID
+    address: ServerAddress | None
+    prev_index: int
+    future: Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Transfer:
+    id: ServerID | None
+    address: ServerAddress | None
+    future: Future[int]
+
+
 _Event = (_Received | _Propose | _Request | _Bootstrap | _SnapshotSent | _SnapshotTaken
-          | _UserRestore)
+          | _UserRestore | _ConfigChange | _Transfer)
 
 
 def _encode_hard_state(term: int, voted_for: ServerID | None) -> bytes:
@@ -155,6 +173,8 @@ def _failure_error(failure: Failure | None, leader_id: ServerID | None,
                    leader_address: ServerAddress | None) -> RaftError:
     if failure is Failure.LEADERSHIP_LOST:
         return LeadershipLostError("leadership lost before the request completed")
+    if failure is Failure.TRANSFER_TIMED_OUT:
+        return RaftError("leadership transfer did not complete within election_timeout")
     return NotLeaderError(leader_id, leader_address)
 
 
@@ -323,6 +343,10 @@ class Raft:
             for done in self._after_compact:
                 done.set_result(None)
             self._after_compact.clear()
+            if core.removed_self and self.config.shutdown_on_remove and not self._shutdown:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._shutdown_after_removal)
+                core.removed_self = False
 
     def _handle_events(self, events: list[_Event], now: float) -> None:
         core = self._core
@@ -343,6 +367,20 @@ class Raft:
                 if rep is not None:
                     rep.streaming = False
                 core.report_snapshot(event.peer, event.index is not None, event.index or 0)
+            elif isinstance(event, (_ConfigChange, _Transfer)):
+                rid = next(self._request_ids)
+                try:
+                    if isinstance(event, _ConfigChange):
+                        core.change_configuration(rid, event.kind, event.id, event.address,
+                                                  event.prev_index)
+                    else:
+                        core.transfer_leadership(rid, event.id, event.address, now)
+                except RaftError as exc:
+                    event.future.set_exception(exc)
+                except ValueError as exc:
+                    event.future.set_exception(ConfigurationChangeError(str(exc)))
+                else:
+                    self._requests[rid] = event.future
             elif isinstance(event, _SnapshotTaken):
                 core.snapshot_taken(event.index, event.term, self.config.trailing_logs)
                 self._after_compact.append(event.future)
@@ -521,6 +559,14 @@ class Raft:
 
         rep.nursery.start_soon(stream)
 
+    async def _shutdown_after_removal(self) -> None:
+        # Give the hand-over TimeoutNow a moment to leave, then stop.
+        await trio.sleep(self.config.heartbeat_timeout / 10)
+        logger.info("%s removed from the cluster; shutting down", self.config.local_id)
+        self._mark_shutdown()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
     async def _snapshot_taken(self, index: int, term: int) -> None:
         done: Future[None] = Future()
         await self._enqueue(_SnapshotTaken(index, term, done))
@@ -593,7 +639,8 @@ class Raft:
                 event = self._inbox_recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if isinstance(event, (_Propose, _Request, _Bootstrap, _UserRestore, _SnapshotTaken)):
+            if isinstance(event, (_Propose, _Request, _Bootstrap, _UserRestore, _SnapshotTaken,
+                                  _ConfigChange, _Transfer)):
                 event.future.set_exception(RaftShutdownError(err))
         self._observers.close()
 
@@ -685,6 +732,53 @@ class Raft:
         self._check_leader()
         fut: Future[None] = Future()
         await self._enqueue(_UserRestore(meta, source, fut))
+        await fut.wait()
+
+    async def _change(self, kind: ChangeKind, id: ServerID, address: ServerAddress | None,
+                      prev_index: int) -> int:
+        if not isinstance(id, str) or not id:
+            raise TypeError("server id must be a non-empty str")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise TypeError("server address must be a non-empty str")
+        if not isinstance(prev_index, int) or prev_index < 0:
+            raise ValueError("prev_index must be a non-negative int")
+        self._check_leader()
+        fut: Future[int] = Future()
+        await self._enqueue(_ConfigChange(kind, id, address, prev_index, fut))
+        return await fut.wait()
+
+    async def add_voter(self, id: ServerID, address: ServerAddress, *,
+                        prev_index: int = 0) -> int:
+        """[AddVoter] Add (or promote) a voter; returns the configuration
+        entry's index once committed. A new server first catches up as a
+        nonvoter and is promoted when it is within one batch
+        (``max_append_entries``) of the leader's log (thesis §4.2.1)."""
+        return await self._change(ChangeKind.ADD_VOTER, id, address, prev_index)
+
+    async def add_nonvoter(self, id: ServerID, address: ServerAddress, *,
+                           prev_index: int = 0) -> int:
+        """[AddNonvoter] Add a server that receives the log but never votes."""
+        return await self._change(ChangeKind.ADD_NONVOTER, id, address, prev_index)
+
+    async def demote_voter(self, id: ServerID, *, prev_index: int = 0) -> int:
+        """[DemoteVoter] Make a voter a nonvoter."""
+        return await self._change(ChangeKind.DEMOTE_VOTER, id, None, prev_index)
+
+    async def remove_server(self, id: ServerID, *, prev_index: int = 0) -> int:
+        """[RemoveServer] Remove a server; a leader removing itself steps
+        down once the change commits (and shuts down if
+        ``shutdown_on_remove``)."""
+        return await self._change(ChangeKind.REMOVE_SERVER, id, None, prev_index)
+
+    async def leadership_transfer(self, id: ServerID | None = None,
+                                  address: ServerAddress | None = None) -> None:
+        """[LeadershipTransfer] Hand leadership to ``id`` (or the most
+        up-to-date voter). New applies fail with
+        LeadershipTransferInProgressError meanwhile; raises RaftError if it
+        did not happen within ``election_timeout``."""
+        self._check_leader()
+        fut: Future[int] = Future()
+        await self._enqueue(_Transfer(id, address, fut))
         await fut.wait()
 
     def get_configuration(self) -> Configuration:

@@ -5,6 +5,8 @@ uncommitted configuration entry rolls it back."""
 
 from __future__ import annotations
 
+import enum
+
 import cbor2
 
 from .._types import Configuration, Server, Suffrage
@@ -73,3 +75,42 @@ class Membership:
     def compacted(self, base_index: int, base: Configuration) -> None:
         keep = [(i, c) for i, c in self._history if i > base_index]
         self._history = [(base_index, base), *keep]
+
+
+class ChangeKind(enum.Enum):
+    ADD_VOTER = "add_voter"
+    ADD_NONVOTER = "add_nonvoter"
+    DEMOTE_VOTER = "demote_voter"
+    REMOVE_SERVER = "remove_server"
+    PROMOTE = "promote"  # internal: a caught-up nonvoter becomes a voter
+
+
+def next_configuration(current: Configuration, kind: ChangeKind, id: str,
+                       address: str | None) -> Configuration:
+    """hashicorp ``nextConfiguration``: the configuration after one change.
+    Adding an existing voter, or removing an unknown server, yields the same
+    servers (the change is still logged, as in hashicorp)."""
+    servers = list(current.servers)
+    at = next((i for i, s in enumerate(servers) if s.id == id), None)
+    if kind in (ChangeKind.ADD_VOTER, ChangeKind.PROMOTE):
+        if at is None:
+            if address is None:
+                raise ValueError(f"server {id!r} needs an address")
+            servers.append(Server(id, address, Suffrage.VOTER))
+        else:
+            servers[at] = Server(id, address or servers[at].address, Suffrage.VOTER)
+    elif kind is ChangeKind.ADD_NONVOTER:
+        if at is None:
+            if address is None:
+                raise ValueError(f"server {id!r} needs an address")
+            servers.append(Server(id, address, Suffrage.NONVOTER))
+        else:
+            # An existing voter stays a voter; only the address may change.
+            servers[at] = Server(id, address or servers[at].address, servers[at].suffrage)
+    elif kind is ChangeKind.DEMOTE_VOTER:
+        if at is not None:
+            servers[at] = Server(id, servers[at].address, Suffrage.NONVOTER)
+    elif kind is ChangeKind.REMOVE_SERVER:
+        if at is not None:
+            del servers[at]
+    return Configuration(tuple(servers))

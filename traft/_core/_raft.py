@@ -26,7 +26,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._errors import CantBootstrapError, NotLeaderError
+from .._errors import (
+    CantBootstrapError,
+    ConfigurationChangeError,
+    LeadershipTransferInProgressError,
+    NotLeaderError,
+    RaftError,
+)
 from .._messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -60,7 +66,14 @@ from .._types import (
     ServerID,
 )
 from ._log import RaftLog
-from ._membership import Membership, check_configuration, decode_configuration, encode_configuration
+from ._membership import (
+    ChangeKind,
+    Membership,
+    check_configuration,
+    decode_configuration,
+    encode_configuration,
+    next_configuration,
+)
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, quorum_contact, vote_result
 from ._ready import Completion, Envelope, Failure, HardState, Ready
@@ -114,6 +127,16 @@ class CoreOptions:
         # A pipelined append unanswered this long is presumed lost: fall back
         # to probing from the known match.
         return self.heartbeat_timeout / 2
+
+
+@dataclass
+class _Transfer:
+    """A leadership transfer in progress (thesis §3.10)."""
+
+    request_id: int
+    target: ServerID
+    deadline: float
+    sent: bool = False
 
 
 @dataclass
@@ -197,6 +220,14 @@ class RaftCore:
         self._reads_verifying: list[_Read] = []
         self._replicate_all = False
 
+        # membership changes awaiting commit: entry index -> request id
+        self._config_waiters: dict[int, int] = {}
+        # add_voter of a new server: it catches up as a nonvoter first
+        # (thesis §4.2.1); server -> request id
+        self._promotions: dict[ServerID, int] = {}
+        self._transfer: _Transfer | None = None
+        self.removed_self = False  # a leader that committed its own removal
+
         # follower state: read-index requests forwarded to the leader
         self._remote_reads: dict[int, float] = {}
 
@@ -231,7 +262,8 @@ class RaftCore:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``tick`` has something to do."""
-        times = [self._election_deadline, self._heartbeat_due, self._lease_deadline]
+        times = [self._election_deadline, self._heartbeat_due, self._lease_deadline,
+                 self._transfer.deadline if self._transfer is not None else None]
         times.extend(self._remote_reads.values())
         for pr in self.progress.values():
             times.append(pr.commit_notify_at)
@@ -265,6 +297,8 @@ class RaftCore:
         self._check_not_in_ready()
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader_id, self.leader_address)
+        if self._transfer is not None:
+            raise LeadershipTransferInProgressError("leadership transfer in progress")
         entries: list[Log] = []
         index = self.log.last_index
         for kind, data, extensions in items:
@@ -380,6 +414,70 @@ class RaftCore:
     def report_applied(self, index: int) -> None:
         self.applied_index = max(self.applied_index, index)
 
+    def change_configuration(self, request_id: int, kind: ChangeKind, id: ServerID,
+                             address: ServerAddress | None, prev_index: int) -> None:
+        """A membership change (hashicorp requestConfigChange): one at a time,
+        effective when appended, answered by a Completion once committed."""
+        self._check_not_in_ready()
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id, self.leader_address)
+        if self._transfer is not None:
+            raise LeadershipTransferInProgressError("leadership transfer in progress")
+        latest = self.membership.latest_index
+        if latest > self.commit_index:
+            raise ConfigurationChangeError(
+                f"configuration change at index {latest} is not committed yet")
+        if prev_index and prev_index != latest:
+            raise ConfigurationChangeError(
+                f"configuration changed since {prev_index} (latest is {latest})")
+        current = self.membership.latest
+        if kind is ChangeKind.ADD_VOTER and not current.is_voter(id) and id != self.id:
+            # Catch up first as a nonvoter, so the quorum is not held back by
+            # a server with an empty log; promote once it is close (§4.2.1).
+            existing = current.server(id)
+            if existing is None or (address is not None and existing.address != address):
+                staged = next_configuration(current, ChangeKind.ADD_NONVOTER, id, address)
+                self._propose_configuration(staged)
+            self._promotions[id] = request_id
+            self._check_promotions()
+            return
+        new = next_configuration(current, kind, id, address)
+        if kind is not ChangeKind.REMOVE_SERVER or new.servers:
+            check_configuration(new)
+        index = self._propose_configuration(new)
+        self._config_waiters[index] = request_id
+
+    def transfer_leadership(self, request_id: int, target: ServerID | None,
+                            address: ServerAddress | None, now: float) -> None:
+        """Hand leadership to ``target`` (or the most up-to-date voter): bring
+        it up to date, then send TimeoutNow (thesis §3.10). New proposals are
+        refused meanwhile; it fails after ``election_timeout``."""
+        self._check_not_in_ready()
+        self._now = now
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id, self.leader_address)
+        if self._transfer is not None:
+            raise LeadershipTransferInProgressError("leadership transfer in progress")
+        cfg = self.membership.latest
+        candidates = sorted(v for v in cfg.voters if v != self.id)
+        if not candidates:
+            raise RaftError("cannot transfer leadership: there is no other voter")
+        if target is None and address is not None:
+            target = next((s.id for s in cfg.servers if s.address == address), None)
+            if target is None:
+                raise RaftError(f"no server at address {address!r} in the configuration")
+        if target is None:
+            target = max(candidates, key=lambda v: (self.progress[v].match_index
+                                                     if v in self.progress else -1))
+        server = cfg.server(target)
+        if server is None or target == self.id or not cfg.is_voter(target):
+            raise RaftError(f"cannot transfer leadership to {target!r}: not another voter")
+        if address is not None and server.address != address:
+            raise RaftError(f"{target!r} is at {server.address!r}, not {address!r}")
+        self._transfer = _Transfer(request_id, target, now + self.opts.election_timeout)
+        logger.info("%s transferring leadership to %s", self.id, target)
+        self._advance_transfer()
+
     def snapshot_taken(self, index: int, term: int, trailing_logs: int) -> None:
         """A snapshot through ``index`` is durable: compact the log up to
         min(index, last_index - trailing_logs) (hashicorp compactLogs)."""
@@ -455,6 +553,50 @@ class RaftCore:
             pr.next_index = new_index + 1
         self._replicate_all = True
         return new_index
+
+    def _propose_configuration(self, configuration: Configuration) -> int:
+        entry = Log(index=self.log.last_index + 1, term=self.term, type=LogType.CONFIGURATION,
+                    data=encode_configuration(configuration))
+        self.log.append([entry])
+        self._note_configuration_entry(entry)
+        self._replicate_all = True
+        return entry.index
+
+    def _check_promotions(self) -> None:
+        if not self._promotions or self.role is not Role.LEADER:
+            return
+        if self.membership.latest_index > self.commit_index:
+            return  # one change at a time
+        cfg = self.membership.latest
+        for id, rid in list(self._promotions.items()):
+            server = cfg.server(id)
+            if server is None:
+                del self._promotions[id]
+                self._complete(Completion(rid, failure=Failure.LEADERSHIP_LOST))
+                continue
+            pr = self.progress.get(id)
+            # "within one round": no more than one batch behind our log
+            if pr is None or pr.match_index < self.log.last_index - self.opts.max_append_entries:
+                continue
+            del self._promotions[id]
+            index = self._propose_configuration(
+                next_configuration(cfg, ChangeKind.PROMOTE, id, None))
+            self._config_waiters[index] = rid
+            logger.info("%s promoting %s to voter at index %d", self.id, id, index)
+            return
+
+    def _advance_transfer(self) -> None:
+        t = self._transfer
+        if t is None or t.sent:
+            return
+        pr = self.progress.get(t.target)
+        if pr is None:
+            return
+        if pr.match_index >= self.log.last_index:
+            self._send(t.target, pr.address, TimeoutNow)
+            t.sent = True
+        else:
+            self._send_appends(pr, allow_empty=True)
 
     def _configuration_at(self, index: int) -> tuple[int, Configuration]:
         return self.membership.committed(index)
@@ -585,6 +727,15 @@ class RaftCore:
             self._fail_read(read, Failure.LEADERSHIP_LOST)
         self._reads_waiting_commit = []
         self._reads_verifying = []
+        for rid in list(self._config_waiters.values()) + list(self._promotions.values()):
+            self._complete(Completion(rid, failure=Failure.LEADERSHIP_LOST))
+        self._config_waiters = {}
+        self._promotions = {}
+        if self._transfer is not None:
+            t, self._transfer = self._transfer, None
+            # Losing leadership after TimeoutNow went out is the success case.
+            self._complete(Completion(t.request_id, index=0) if t.sent else
+                           Completion(t.request_id, failure=Failure.LEADERSHIP_LOST))
         self.progress = {}
         self._heartbeat_due = None
         self._lease_deadline = None
@@ -877,6 +1028,12 @@ class RaftCore:
                 pr.become_replicate()
             if advanced:
                 self._maybe_commit()
+                if self.role is not Role.LEADER:
+                    return
+                if pr.id in self._promotions:
+                    self._check_promotions()
+                if self._transfer is not None and self._transfer.target == pr.id:
+                    self._advance_transfer()
             self._send_appends(pr)
             return
         if m.match_index <= pr.match_index:
@@ -936,9 +1093,30 @@ class RaftCore:
                 waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
                 for read in waiting:
                     self._start_read(read)
+            for cidx in [i for i in self._config_waiters if i <= index]:
+                self._complete(Completion(self._config_waiters.pop(cidx), index=cidx))
+            self._check_promotions()
+            _, committed_cfg = self.membership.committed(index)
+            if committed_cfg.servers and committed_cfg.server(self.id) is None:
+                self._step_down_removed()
+
+    def _step_down_removed(self) -> None:
+        """Our own removal committed: hand over quickly (TimeoutNow to the
+        most up-to-date voter), then step down (hashicorp: leader removed)."""
+        best = max((pr for pr in self.progress.values() if pr.id in self.voters),
+                   key=lambda pr: pr.match_index, default=None)
+        if best is not None and best.match_index >= self.commit_index:
+            self._send(best.id, best.address, TimeoutNow)
+        logger.info("%s removed from the configuration; stepping down", self.id)
+        self.removed_self = True
+        self._become_follower(self.term, None, None)
 
     def _tick_leader(self) -> None:
         now = self._now
+        if self._transfer is not None and now >= self._transfer.deadline:
+            t, self._transfer = self._transfer, None
+            logger.warning("%s leadership transfer to %s timed out", self.id, t.target)
+            self._complete(Completion(t.request_id, failure=Failure.TRANSFER_TIMED_OUT))
         if self._lease_deadline is not None and now >= self._lease_deadline:
             self._check_lease()
             if self.role is not Role.LEADER:

@@ -43,6 +43,7 @@ class Envelope:
 class Failure(enum.Enum):
     NOT_LEADER = "not_leader"
     LEADERSHIP_LOST = "leadership_lost"
+    TRANSFER_TIMED_OUT = "transfer_timed_out"
 
 
 @dataclass(frozen=True)
