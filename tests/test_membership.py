@@ -297,3 +297,17 @@ async def test_peer_observations_on_membership_changes(
         assert added == traft.PeerObservation(traft.Server("n7", "n7", Suffrage.NONVOTER), False)
         assert isinstance(removed, traft.PeerObservation)
         assert removed.server.id == other and removed.removed
+
+
+async def test_an_unreachable_new_voter_is_not_promoted(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """§4.2.1: the newcomer stays a nonvoter until it has caught up, so an
+    unreachable one never joins the quorum."""
+    async with open_cluster(3, seed=16) as c:
+        leader = await _leader(c)
+        with trio.move_on_after(10):
+            await leader.add_voter("ghost", "ghost")  # no such server runs
+            pytest.fail("an unreachable server was promoted")
+        server = leader.get_configuration().server("ghost")
+        assert server is not None and server.suffrage is Suffrage.NONVOTER
+        await leader.apply(b"still commits")

@@ -190,3 +190,26 @@ def test_snapshot_install_during_partitions() -> None:
     assert result.ok, result.describe()
     assert result.compactions > 0
     assert result.snapshots_installed >= 1
+
+
+def test_membership_change_under_partition() -> None:
+    """Remove a server that is cut off, replace it while the leader is
+    partitioned from one more follower, then bring everyone back."""
+
+    async def script(sim: SimulatedCluster) -> None:
+        with trio.fail_after(20):
+            leader = await sim.wait_leader()
+        lid = sim.id_of(leader)
+        others = [i for i in sim.ids if i != lid]
+        sim.network.isolate(others[0])
+        with trio.fail_after(20):
+            await leader.remove_server(others[0])
+        sim.network.heal()
+        sim.network.disconnect(lid, others[1])
+        with trio.fail_after(20):
+            await leader.add_voter(others[0], others[0])  # back, as a voter
+        sim.network.heal()
+        await trio.sleep(2.0)
+        assert leader.get_configuration().is_voter(others[0])
+
+    _scenario(script, seed=9)

@@ -575,8 +575,10 @@ class RaftCore:
                 self._complete(Completion(rid, failure=Failure.LEADERSHIP_LOST))
                 continue
             pr = self.progress.get(id)
-            # "within one round": no more than one batch behind our log
-            if pr is None or pr.match_index < self.log.last_index - self.opts.max_append_entries:
+            # "within one round": it has answered, and is no more than one
+            # batch behind our log
+            if (pr is None or pr.match_index == 0
+                    or pr.match_index < self.log.last_index - self.opts.max_append_entries):
                 continue
             del self._promotions[id]
             index = self._propose_configuration(

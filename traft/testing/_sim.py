@@ -47,6 +47,7 @@ logger = logging.getLogger("traft.sim")
 
 ALL_FAULTS = frozenset({
     "loss", "delay", "duplicate", "partition", "oneway", "bridge", "crash", "slow_disk",
+    "membership", "transfer",
 })
 
 
@@ -179,6 +180,7 @@ class SimulatedCluster:
         self.acknowledged: list[tuple[int, int, bytes]] = []  # (index, term, data)
         self.leader_hint: ServerID | None = None
         self.snapshots_installed = 0
+        self.removed: set[ServerID] = set()
         self.compactions = 0
         self.configuration = Configuration(tuple(Server(i, i) for i in self.ids))
 
@@ -302,9 +304,43 @@ class SimulatedCluster:
                                   else rng.choice(running))
                         await self.crash(victim)
                         restarts.start_soon(self._restart_later, victim, rng.uniform(0.1, 4.0))
+                elif fault == "membership":
+                    restarts.start_soon(self._membership_change, rng.random())
+                elif fault == "transfer":
+                    restarts.start_soon(self._transfer)
                 elif fault == "slow_disk":
                     store = self.stores[rng.choice(ids)]
                     store.slow = not store.slow
+
+    async def _membership_change(self, draw: float) -> None:
+        """Remove a follower, or add a removed one back (as a voter)."""
+        leader = self.leader()
+        if leader is None:
+            return
+        lid = self.id_of(leader)
+        try:
+            with trio.move_on_after(self.options.op_timeout):
+                if self.removed:
+                    back = sorted(self.removed)[int(draw * len(self.removed))]
+                    await leader.add_voter(back, back)
+                    self.removed.discard(back)
+                else:
+                    candidates = [i for i in self.ids if i != lid]
+                    victim = candidates[int(draw * len(candidates))]
+                    await leader.remove_server(victim)
+                    self.removed.add(victim)
+        except RaftError:
+            pass  # refused or outcome unknown: the heal phase settles it
+
+    async def _transfer(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        try:
+            with trio.move_on_after(self.options.op_timeout):
+                await leader.leadership_transfer()
+        except RaftError:
+            pass
 
     async def _restart_later(self, id: ServerID, delay: float) -> None:
         await trio.sleep(delay)
@@ -405,6 +441,11 @@ class SimulatedCluster:
                 if len(leaders) == 1:
                     try:
                         with trio.fail_after(self.options.op_timeout):
+                            # everyone back in the configuration as a voter
+                            cfg = leaders[0].get_configuration()
+                            for id in self.ids:
+                                if not cfg.is_voter(id):
+                                    await leaders[0].add_voter(id, id)
                             await leaders[0].barrier()
                     except (RaftError, trio.TooSlowError):
                         pass
