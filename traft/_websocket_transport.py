@@ -668,25 +668,31 @@ class WebSocketTransport:
         link.work.unpark_all()
 
     async def _pump(self, link: _Link, conn: WebSocketConnection) -> object:
+        stats = self._stats
         while True:
             if link.peer_closed:
                 return ConnectionClosed(link.closed_by_peer)
             if link.queue:
-                data = link.pop()
-                with trio.move_on_after(self._send_timeout) as scope:
-                    try:
-                        await conn.send_message(data)
-                    except (ConnectionClosed, trio.BrokenResourceError,
-                            trio.ClosedResourceError) as exc:
-                        return exc
-                if scope.cancelled_caught:
+                # One cancel scope for a run of writes, its deadline moved
+                # with each message: a write stalled for send_timeout means
+                # the peer (or the path to it) is gone.
+                with trio.CancelScope() as stall:
+                    while link.queue and not link.peer_closed:
+                        data = link.pop()
+                        stall.deadline = trio.current_time() + self._send_timeout
+                        try:
+                            await conn.send_message(data)
+                        except (ConnectionClosed, trio.BrokenResourceError,
+                                trio.ClosedResourceError) as exc:
+                            return exc
+                        stats["sent"] += 1
+                        stats["sent_bytes"] += len(data)
+                if stall.cancelled_caught:
                     return TransportError(f"write stalled for {self._send_timeout}s")
-                self._stats["sent"] += 1
-                self._stats["sent_bytes"] += len(data)
                 continue
-            with trio.move_on_after(self._idle_timeout / 2) as scope:
+            with trio.move_on_after(self._idle_timeout / 2) as idle:
                 await link.work.park()
-            if scope.cancelled_caught and not link.queue and not link.peer_closed:
+            if idle.cancelled_caught and not link.queue and not link.peer_closed:
                 self._retire(link)  # new sends make a new link from now on
                 return _IDLE
 
@@ -784,42 +790,47 @@ class WebSocketTransport:
         return None
 
     async def _read(self, conn: WebSocketConnection, peer: str) -> None:
-        while True:
-            with trio.move_on_after(self._idle_timeout) as scope:
+        stats = self._stats
+        # One cancel scope for the connection's life; its deadline is
+        # idle_timeout after the last message, and off while we wait for
+        # room in the inbox (back-pressure is not idleness).
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + self._idle_timeout
                 try:
                     data = await conn.get_message()
                 except ConnectionClosed as exc:
                     reason = exc.reason
                     if reason is not None and reason.code == CloseCode.MESSAGE_TOO_BIG:
-                        self._stats["bad_messages"] += 1
+                        stats["bad_messages"] += 1
                         self._log_bad(peer, f"message larger than {self._max_message_size} "
                                             f"bytes; connection closed")
                     else:
                         logger.debug("%s: %s: %s", self._local_address, peer,
                                      _close_text(reason))
                     return
-            if scope.cancelled_caught:
-                self._log_bad(peer, f"idle for {self._idle_timeout}s; connection closed")
-                await self._close(conn, CloseCode.NORMAL, "idle timeout")
-                return
-            if isinstance(data, str):
-                self._stats["bad_messages"] += 1
-                self._log_bad(peer, "text message (traft messages are binary); "
-                                    "connection closed")
-                await self._close(conn, CloseCode.UNSUPPORTED_DATA, "binary messages only")
-                return
-            try:
-                message = decode_message(data)
-            except RemoteProtocolError as exc:
-                self._stats["bad_messages"] += 1
-                self._log_bad(peer, f"bad message ({exc}); connection closed with {exc.code}")
-                await self._close(conn, exc.code, exc.reason)
-                return
-            self._stats["received"] += 1
-            self._stats["received_bytes"] += len(data)
-            lane = _BULK if isinstance(message, _BULK_TYPES) else _CONTROL
-            if not await self._inbox.put(lane, message, len(data)):
-                return
+                idle.deadline = math.inf
+                if isinstance(data, str):
+                    stats["bad_messages"] += 1
+                    self._log_bad(peer, "text message (traft messages are binary); "
+                                        "connection closed")
+                    await self._close(conn, CloseCode.UNSUPPORTED_DATA, "binary messages only")
+                    return
+                try:
+                    message = decode_message(data)
+                except RemoteProtocolError as exc:
+                    stats["bad_messages"] += 1
+                    self._log_bad(peer, f"bad message ({exc}); connection closed with "
+                                        f"{exc.code}")
+                    await self._close(conn, exc.code, exc.reason)
+                    return
+                stats["received"] += 1
+                stats["received_bytes"] += len(data)
+                lane = _BULK if isinstance(message, _BULK_TYPES) else _CONTROL
+                if not await self._inbox.put(lane, message, len(data)):
+                    return
+        self._log_bad(peer, f"idle for {self._idle_timeout}s; connection closed")
+        await self._close(conn, CloseCode.NORMAL, "idle timeout")
 
     async def _close(self, conn: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(_CLOSE_GRACE):
