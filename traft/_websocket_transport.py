@@ -784,7 +784,9 @@ class WebSocketTransport:
         self._log_bad(peer, f"refused connection (HTTP {status}): {why}")
         with trio.move_on_after(_CLOSE_GRACE):
             try:
-                await request.reject(status, body=why.encode("utf-8", "replace"))
+                await request.reject(
+                    status, body=why.encode("utf-8", "replace"),
+                    extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")])
             except ConnectionClosed:
                 pass
         return None
@@ -833,8 +835,13 @@ class WebSocketTransport:
         await self._close(conn, CloseCode.NORMAL, "idle timeout")
 
     async def _close(self, conn: WebSocketConnection, code: int, reason: str) -> None:
+        """Close with ``code`` (best effort: the connection is ending anyway,
+        and it has been logged already)."""
         with trio.move_on_after(_CLOSE_GRACE):
-            await conn.aclose(code, _close_reason_text(reason))
+            try:
+                await conn.aclose(code, _close_reason_text(reason))
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _shut(self) -> None:
         self._closed = True
@@ -861,9 +868,10 @@ def _token_bytes(auth_token: str | bytes | None) -> bytes | None:
     if auth_token is None:
         return None
     raw = auth_token.encode("ascii", "replace") if isinstance(auth_token, str) else auth_token
-    if not isinstance(raw, bytes) or not raw or any(not 0x21 <= b <= 0x7E for b in raw):
-        raise ValueError("auth_token must be a non-empty string of printable ASCII "
-                         "characters without spaces")
+    if (not isinstance(raw, bytes) or not 0 < len(raw) <= 1024
+            or any(not 0x21 <= b <= 0x7E for b in raw)):
+        raise ValueError("auth_token must be 1 to 1024 printable ASCII characters "
+                         "without spaces")
     return raw
 
 
