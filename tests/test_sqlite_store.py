@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from traft import _sqlite_store
 from traft import (
     CorruptLogError,
     CorruptStoreError,
@@ -449,3 +450,21 @@ async def test_the_worker_thread_ends_with_aclose_and_with_a_failed_open(tmp_pat
     with trio.fail_after(5):
         while store_threads(path) or store_threads(bad):
             await trio.sleep(0.01)
+
+
+async def test_the_log_queries_use_the_primary_key_not_a_scan(tmp_path: Path) -> None:
+    # What makes first/last, reads and deletes (prefix or suffix) cost only
+    # the rows they touch: SQLite's plan must SEARCH the rowid tree.
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.store_logs(entries(1, 10))
+    raw = sqlite3.connect(path)
+    try:
+        for sql in (_sqlite_store._SQL_BOUNDS, _sqlite_store._SQL_READ,
+                    _sqlite_store._SQL_DELETE):
+            args = () if "?" not in sql else (1, 5)
+            plan = [row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            steps = [p for p in plan if "log" in p]
+            assert steps and all(p.startswith("SEARCH") for p in steps), (sql, plan)
+    finally:
+        raw.close()

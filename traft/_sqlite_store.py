@@ -90,6 +90,16 @@ CREATE TABLE stable (
 """
 _TABLES = frozenset({"log", "stable"})
 
+# Each of these is a SEARCH of the rowid B-tree, never a SCAN (see
+# test_the_log_queries_use_the_primary_key_not_a_scan). min() and max() must
+# be separate subqueries: together in one SELECT they defeat SQLite's
+# min/max optimization and scan the whole table.
+_SQL_BOUNDS = "SELECT (SELECT min(idx) FROM log), (SELECT max(idx) FROM log)"
+_SQL_READ = ("SELECT idx, term, type, data, extensions, appended_at, crc FROM log "
+             "WHERE idx BETWEEN ? AND ? ORDER BY idx")
+_SQL_DELETE = "DELETE FROM log WHERE idx BETWEEN ? AND ?"
+_SQL_INSERT = "INSERT OR REPLACE INTO log VALUES (?, ?, ?, ?, ?, ?, ?)"
+
 
 class StoreError(RaftError):
     """A durable store cannot be opened or used: the file is not a traft
@@ -324,7 +334,7 @@ class _Conn:
         self.refresh_bounds()
 
     def refresh_bounds(self) -> None:
-        lo, hi = self.db.execute("SELECT min(idx), max(idx) FROM log").fetchone()
+        lo, hi = self.db.execute(_SQL_BOUNDS).fetchone()
         self.first, self.last = (lo or 0), (hi or 0)
 
     def close(self) -> None:
@@ -544,9 +554,7 @@ class SQLiteStore:
     @staticmethod
     def _read_ahead(index: int, c: _Conn) -> tuple[Any, ...]:
         rows = c.db.execute(
-            "SELECT idx, term, type, data, extensions, appended_at, crc FROM log "
-            "WHERE idx BETWEEN ? AND ? ORDER BY idx",
-            (index, min(index + _READ_AHEAD - 1, _INT64_MAX))).fetchall()
+            _SQL_READ, (index, min(index + _READ_AHEAD - 1, _INT64_MAX))).fetchall()
         c.ahead = {r[0]: r for r in rows}
         row = c.ahead.pop(index, None)
         if row is None:
@@ -581,7 +589,7 @@ class SQLiteStore:
         db = c.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR REPLACE INTO log VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(_SQL_INSERT, rows)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # a failed COMMIT may have rolled back already
@@ -605,7 +613,7 @@ class SQLiteStore:
         if c.last == 0 or start > stop:
             return
         c.ahead.clear()
-        c.db.execute("DELETE FROM log WHERE idx BETWEEN ? AND ?", (start, stop))
+        c.db.execute(_SQL_DELETE, (start, stop))
         if start <= c.first or stop >= c.last:
             c.refresh_bounds()
 
