@@ -590,15 +590,17 @@ class Node:
 
 
 class WsCluster:
-    def __init__(self, nursery: trio.Nursery, n: int, seed: int) -> None:
+    def __init__(self, nursery: trio.Nursery, n: int, seed: int, config: dict[str, Any]) -> None:
         self.nursery = nursery
         self.rng = random.Random(seed)
         self.nodes = {f"n{i}": Node(f"n{i}") for i in range(1, n + 1)}
+        self.overrides = config
 
     def config(self, node_id: str) -> Config:
-        return Config(local_id=node_id, heartbeat_timeout=0.2, election_timeout=0.2,
-                      leader_lease_timeout=0.1, commit_timeout=0.01,
-                      rng=random.Random(self.rng.random()))
+        options: dict[str, Any] = dict(heartbeat_timeout=0.2, election_timeout=0.2,
+                                       leader_lease_timeout=0.1, commit_timeout=0.01)
+        options.update(self.overrides)
+        return Config(local_id=node_id, rng=random.Random(self.rng.random()), **options)
 
     async def start(self, node_id: str) -> None:
         await self.nursery.start(self._run, self.nodes[node_id])
@@ -673,9 +675,9 @@ class WsCluster:
 
 
 @asynccontextmanager
-async def ws_cluster(n: int = 3, seed: int = 0) -> AsyncIterator[WsCluster]:
+async def ws_cluster(n: int = 3, seed: int = 0, **config: Any) -> AsyncIterator[WsCluster]:
     async with trio.open_nursery() as nursery:
-        cluster = WsCluster(nursery, n, seed)
+        cluster = WsCluster(nursery, n, seed, config)
         for node_id in cluster.nodes:
             await cluster.start(node_id)
         configuration = Configuration(tuple(
@@ -720,6 +722,30 @@ async def test_three_node_cluster_elects_replicates_and_survives_broken_connecti
                     + [b"while-down-%d" % i for i in range(5)]
                     + [b"after-restart-%d" % i for i in range(5)])
         await cluster.check_commands(expected)
+
+
+@fail_after(20)
+async def test_a_follower_far_behind_catches_up_by_a_chunked_snapshot() -> None:
+    async with ws_cluster(trailing_logs=2, snapshot_threshold=10**6) as cluster:
+        await cluster.apply(b"first")
+        leader = await cluster.wait_leader()
+        follower = next(n for n in cluster.nodes.values()
+                        if n.raft is not None and n.raft is not leader)
+        await cluster.stop(follower.id)
+        # ~1.3 MB of state: several InstallSnapshot chunks.
+        big = [b"%03d" % i + bytes(64 * 1024) for i in range(20)]
+        for data in big:
+            await cluster.apply(data)
+        leader = await cluster.wait_leader()
+        meta = await leader.snapshot()
+        assert meta.size > 1_000_000
+        follower.fsm = RecordingFSM()
+        await cluster.start(follower.id)
+        await cluster.apply(b"last")
+        await cluster.check_commands([b"first", *big, b"last"])
+        # It was installed from the leader's snapshot, not replayed from the log.
+        installed = await follower.snapshots.list()
+        assert [(m.index, m.size) for m in installed] == [(meta.index, meta.size)]
 
 
 # -- fuzz: a running cluster under a stream of garbage -----------------------------------
