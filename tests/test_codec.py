@@ -311,7 +311,7 @@ def _acceptable(kind_sample: object, value: object) -> bool:
     if type(kind_sample) is bool:
         return type(value) is bool
     if type(kind_sample) is int:
-        return type(value) is int and 0 <= value < 2**64  # type: ignore[operator]
+        return type(value) is int and 0 <= value < 2**64
     if type(kind_sample) is str:
         return type(value) is str
     if type(kind_sample) is bytes:

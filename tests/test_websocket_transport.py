@@ -13,7 +13,7 @@ import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -71,7 +71,7 @@ FAST: dict[str, Any] = dict(connect_timeout=1.0, handshake_timeout=1.0, send_tim
                             backoff_initial=0.01, backoff_max=0.1)
 
 
-def transport(port: int = 0, **kwargs: Any) -> Any:
+def transport(port: int = 0, **kwargs: Any) -> AbstractAsyncContextManager[WebSocketTransport]:
     options = dict(FAST, auth_token=TOKEN, rng=random.Random(7))
     options.update(kwargs)
     return open_websocket_transport("127.0.0.1", port, **options)
@@ -533,8 +533,9 @@ async def test_garbage_half_open_and_idle_connections_are_closed_and_logged(
         async with raw_client(server.local_address) as idle:
             with pytest.raises(ConnectionClosed) as info:
                 await idle.get_message()
-            assert info.value.reason.code == CloseCode.NORMAL
-            assert info.value.reason.reason == "idle timeout"
+            reason = info.value.reason
+            assert reason is not None
+            assert (reason.code, reason.reason) == (CloseCode.NORMAL, "idle timeout")
         assert len(warnings_about(caplog, "idle for")) == 1
         await garbage.aclose()
         await silent.aclose()

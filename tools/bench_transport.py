@@ -209,7 +209,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.single_lane:
         # For comparison only: route heartbeats over the bulk connection, as
         # a transport with a single connection per peer would.
-        wst._BULK_TYPES = (*wst._BULK_TYPES, Heartbeat)  # type: ignore[misc]
+        wst._BULK_TYPES = (*wst._BULK_TYPES, Heartbeat)  # type: ignore[misc,assignment]
         await bench_latency("under_bulk_stream_single_connection", True, beats, args.tls)
 
 
