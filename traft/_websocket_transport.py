@@ -9,6 +9,7 @@ The Trio counterpart of hashicorp's ``NetworkTransport``; the wire format is
         ├── listener            serve_listeners -> one handler per inbound connection
         │   └── inbound conn    TLS + HTTP upgrade (handshake_timeout), auth token,
         │                       then decode -> inbox, closing on the first bad message
+        │                       (or, on the client path /client, the client_handler)
         └── link per (peer, lane), started lazily by send()
             └── outbound conn   queue -> socket; reconnect with back-off + jitter;
                                 closed when idle
@@ -43,7 +44,7 @@ import math
 import random
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -64,7 +65,8 @@ from ._errors import TransportError
 from ._messages import AppendEntries, InstallSnapshot, Message
 from ._types import ServerAddress
 
-__all__ = ["WebSocketTransport", "open_websocket_transport"]
+__all__ = ["CLIENT_RESOURCE", "CLIENT_SUBPROTOCOL", "ClientHandler", "WebSocketTransport",
+           "open_websocket_transport"]
 
 logger = logging.getLogger("traft.transport")
 
@@ -73,6 +75,18 @@ RESOURCE: Final = "/traft"
 
 SUBPROTOCOL: Final = f"traft.v{PROTOCOL_VERSION}"
 """The ``Sec-WebSocket-Protocol`` both sides must agree on."""
+
+CLIENT_RESOURCE: Final = "/client"
+"""The HTTP path of the client protocol (``docs/protocol.md``, "Client
+protocol"); served only when a ``client_handler`` is given."""
+
+CLIENT_SUBPROTOCOL: Final = "traft.client.v1"
+"""The ``Sec-WebSocket-Protocol`` of a client connection."""
+
+ClientHandler = Callable[[WebSocketConnection, str], Awaitable[None]]
+"""Serves one admitted client connection: ``(connection, peer_name)``. It
+runs in the transport's nursery, is cancelled when the transport closes, and
+the connection is closed when it returns."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 2**20
 
@@ -400,8 +414,10 @@ class WebSocketTransport:
         backoff_initial: float,
         backoff_max: float,
         rng: random.Random,
+        client_handler: ClientHandler | None = None,
     ) -> None:
         self._local_address = local_address
+        self._client_handler = client_handler
         self._ssl_context = ssl_context
         self._client_ssl_context = client_ssl_context
         self._max_message_size = max_message_size
@@ -747,7 +763,10 @@ class WebSocketTransport:
                 self._stats["connections_accepted"] += 1
                 self._inbound.add(conn)
                 try:
-                    await self._read(conn, peer)
+                    if conn.subprotocol == CLIENT_SUBPROTOCOL and self._client_handler:
+                        await self._client_handler(conn, peer)
+                    else:
+                        await self._read(conn, peer)
                 finally:
                     self._inbound.discard(conn)
             finally:
@@ -755,8 +774,10 @@ class WebSocketTransport:
 
     async def _admit(self, request: WebSocketRequest, peer: str) -> WebSocketConnection | None:
         """Check the handshake before anything is decoded: path, auth token
-        (constant-time), protocol version, connection limit."""
-        if request.path != RESOURCE:
+        (constant-time), protocol version, connection limit. The client path
+        exists only with a client handler, and passes the same checks."""
+        client = request.path == CLIENT_RESOURCE and self._client_handler is not None
+        if request.path != RESOURCE and not client:
             return await self._refuse(request, peer, 404, f"unknown resource {request.path[:64]!r}")
         if self._token_digest is not None:
             presented = next((v for k, v in request.headers if k.lower() == b"authorization"),
@@ -764,16 +785,17 @@ class WebSocketTransport:
             digest = hashlib.sha256(presented if presented is not None else b"").digest()
             if not hmac.compare_digest(digest, self._token_digest) or presented is None:
                 return await self._refuse(request, peer, 403, "missing or wrong auth token")
-        if SUBPROTOCOL not in request.proposed_subprotocols:
+        subprotocol = CLIENT_SUBPROTOCOL if client else SUBPROTOCOL
+        if subprotocol not in request.proposed_subprotocols:
             offered = ",".join(request.proposed_subprotocols)[:64]
             return await self._refuse(
                 request, peer, 400,
-                f"no supported protocol version offered (got {offered!r}, speak {SUBPROTOCOL})")
+                f"no supported protocol version offered (got {offered!r}, speak {subprotocol})")
         if len(self._inbound) >= self._max_connections:
             return await self._refuse(request, peer, 503,
                                       f"too many connections ({self._max_connections})")
         with trio.move_on_after(self._handshake_timeout):
-            return await request.accept(subprotocol=SUBPROTOCOL)
+            return await request.accept(subprotocol=subprotocol)
         self._log_bad(peer, "handshake stalled")
         return None
 
@@ -917,6 +939,7 @@ async def open_websocket_transport(
     backoff_initial: float = 0.05,
     backoff_max: float = 2.0,
     rng: random.Random | None = None,
+    client_handler: ClientHandler | None = None,
 ) -> AsyncIterator[WebSocketTransport]:
     """Listen on ``host:port`` and yield a :class:`WebSocketTransport`.
 
@@ -958,6 +981,12 @@ async def open_websocket_transport(
         attempts: ``initial * 2**(n-1)`` capped at ``max``, times a jitter
         in [0.5, 1).
       rng: the jitter's randomness (default: a fresh ``random.Random()``).
+      client_handler: serves the client protocol on the same port: a
+        connection to ``/client`` offering ``traft.client.v1`` that passes
+        the same auth-token and connection-limit checks as a peer's is
+        handed to ``client_handler(connection, peer_name)`` instead of the
+        Raft decoder (``traft.kv`` serves its key-value API this way).
+        Without it, ``/client`` is refused with 404 like any unknown path.
 
     Raises:
       ValueError: for a bad argument (e.g. a wildcard host without advertise).
@@ -1022,7 +1051,7 @@ async def open_websocket_transport(
         send_window=send_window, send_window_bytes=send_window_bytes,
         receive_queue_size=receive_queue_size, receive_queue_bytes=receive_queue_bytes,
         backoff_initial=backoff_initial, backoff_max=backoff_max,
-        rng=rng if rng is not None else random.Random())
+        rng=rng if rng is not None else random.Random(), client_handler=client_handler)
     try:
         async with trio.open_nursery() as nursery:
             transport._nursery = nursery
