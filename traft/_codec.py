@@ -60,9 +60,9 @@ PROTOCOL_VERSION: Final = 1
 """The value of ``"v"`` in every message this codec writes and accepts."""
 
 MAX_DEPTH: Final = 8
-"""Deepest CBOR nesting a valid message has is 5 (envelope, body,
-configuration, server list, server); anything deeper is refused while
-decoding, before it is built."""
+"""Most arrays/maps nested in one another. A valid message nests at most 4
+(envelope, body, configuration, server); anything deeper than this bound is
+refused while decoding, before it is built."""
 
 _U64: Final = 1 << 64
 
