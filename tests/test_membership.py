@@ -311,3 +311,20 @@ async def test_an_unreachable_new_voter_is_not_promoted(
         server = leader.get_configuration().server("ghost")
         assert server is not None and server.suffrage is Suffrage.NONVOTER
         await leader.apply(b"still commits")
+
+
+async def test_a_reachable_removed_follower_learns_it_and_stops_campaigning(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3, seed=17) as c:
+        leader = await _leader(c)
+        gone = next(i for i in c.ids if i != leader.config.local_id)
+        await leader.remove_server(gone)
+        await trio.sleep(1)
+        removed = c.nodes[gone]
+        assert removed.get_configuration().server(gone) is None
+        with removed.observe(lambda o: isinstance(o, traft.StateObservation)) as states:
+            await trio.sleep(60)
+            with pytest.raises(trio.WouldBlock):
+                states.receive_nowait()  # never became a (pre-)candidate
+        assert removed.state is RaftState.FOLLOWER
+        assert leader.state is RaftState.LEADER

@@ -1087,6 +1087,7 @@ class RaftCore:
         # §5.4.2 (Figure 8): only entries of the current term commit by counting.
         if index > self.commit_index and (self.log.term(index) == self.term
                                           or "commit_previous_term" in _PLANTED_BUGS):
+            previous_commit = self.commit_index
             self.commit_index = index
             for pr in self.progress.values():
                 if pr.commit_sent < index and pr.commit_notify_at is None:
@@ -1095,6 +1096,9 @@ class RaftCore:
                 waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
                 for read in waiting:
                     self._start_read(read)
+            if self.membership.committed(index)[0] > self.membership.committed(
+                    previous_commit)[0]:
+                self._sync_progress()  # a configuration just committed
             for cidx in [i for i in self._config_waiters if i <= index]:
                 self._complete(Completion(self._config_waiters.pop(cidx), index=cidx))
             self._check_promotions()
@@ -1173,6 +1177,13 @@ class RaftCore:
         """Track exactly the servers of the latest configuration (§4.1)."""
         cfg = self.membership.latest
         wanted = {s.id: s for s in cfg.servers if s.id != self.id}
+        if self.membership.latest_index > self.commit_index:
+            # Keep replicating to servers being removed until the removal
+            # commits, so they learn of it and stop campaigning.
+            _, committed = self.membership.committed(self.commit_index)
+            for s in committed.servers:
+                if s.id != self.id and s.id not in wanted:
+                    wanted[s.id] = s
         for pid in list(self.progress):
             if pid not in wanted:
                 pr = self.progress.pop(pid)
