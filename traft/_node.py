@@ -418,7 +418,20 @@ class Raft:
 
     async def _handle_ready(self, rd: Ready) -> None:
         core = self._core
-        # 1. persist: term/vote and entries are durable before anything is sent
+        messages = rd.messages
+        if rd.hard_state is None and core.role is Role.LEADER:
+            # Raft thesis §10.2.1: a leader may send its entries while it
+            # writes them itself; it counts its own copy only once durable
+            # (RaftCore.advance). Votes and acknowledgements still wait below.
+            await self._sync_leadership()
+            later = []
+            for env in messages:
+                if isinstance(env.message, (AppendEntries, Heartbeat)):
+                    self._route(env.address, env.message)
+                else:
+                    later.append(env)
+            messages = later
+        # 1. persist: term/vote and entries are durable before anything else is sent
         if rd.hard_state is not None:
             await self.stable_store.set(
                 HARD_STATE_KEY, _encode_hard_state(rd.hard_state.term, rd.hard_state.voted_for))
@@ -443,7 +456,7 @@ class Raft:
         # messages are routed (a new leader's first appends need replicators).
         await self._sync_leadership()
         # 2. send
-        for env in rd.messages:
+        for env in messages:
             self._route(env.address, env.message)
         # 3. apply (lossless; the back-pressure point)
         if rd.committed:

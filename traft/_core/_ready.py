@@ -6,7 +6,10 @@ The driver handles a Ready in exactly this order (etcd ``node.go`` Ready):
    ``entries`` to the LogStore, and write the ``install`` snapshot chunks. These must be durable before step 2: a vote
    or an acknowledgement sent before it is on disk can be forgotten in a
    crash and break Election Safety (§5.2) or lose a commit (§5.3).
-2. Send ``messages``. Loss is allowed; reordering is allowed.
+2. Send ``messages``. Loss is allowed; reordering is allowed. One
+   exception (Raft thesis §10.2.1): when ``hard_state`` is None, a leader's
+   AppendEntries and Heartbeats may go out before step 1 finishes; the core
+   counts the leader's own copy only after ``advance``.
 3. Hand ``committed`` to the FSM applier, in order, losslessly.
 4. Deliver ``completions`` and ``observations``; start streaming a snapshot
    to each peer in ``send_snapshot``.
