@@ -32,7 +32,7 @@ import trio.testing
 from .._blocking import inline_blocking
 from .._config import Config
 from .._core import Ready
-from .._core import _raft as _core_raft
+from .._core import _state as _core_raft
 from .._errors import LeadershipLostError, NotLeaderError, RaftError, RaftShutdownError
 from .._inmem_network import InmemNetwork
 from .._inmem_store import InmemStore
