@@ -139,7 +139,7 @@ async def run_load(raft: traft.Raft, transport: traft.WebSocketTransport,
                 if began >= t0:
                     latencies.append(ended - began)
 
-    async def window() -> None:
+    async def window(nursery: trio.Nursery) -> None:
         await trio.sleep_until(t0)
         marks["cpu0"] = os.times()
         marks["calls0"], marks["entries0"] = log_store.calls, log_store.entries
@@ -152,12 +152,12 @@ async def run_load(raft: traft.Raft, transport: traft.WebSocketTransport,
         marks["cpu1"] = os.times()
         marks["calls1"], marks["entries1"] = log_store.calls, log_store.entries
         marks["net1"] = transport.stats()
+        nursery.cancel_scope.cancel()  # the clients; their pending applies go on
 
-    with trio.move_on_at(t1 + 0.001):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(window)
-            for i in range(clients):
-                nursery.start_soon(client, i)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(window, nursery)
+        for i in range(clients):
+            nursery.start_soon(client, i)
     if profiler is not None and profile:
         profiler.dump_stats(profile)
     latencies.sort()
