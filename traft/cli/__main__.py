@@ -1,0 +1,5 @@
+"""``python -m traft.cli``: the ``traft`` command line."""
+
+from . import main
+
+main()
