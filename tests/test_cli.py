@@ -225,7 +225,7 @@ async def test_three_nodes_failover_restart_join_and_remove(nodes: Nodes) -> Non
                     "applied_index", "last_contact", "snapshot_index"):
             assert all(key in row for row in rows), key
         r = await traft("status", "--cluster", cluster)
-        assert r.rc == 0 and "LAST CONTACT" in r.out and leader["id"] in r.out, r
+        assert r.rc == 0 and "CONTACT" in r.out and leader["id"] in r.out, r
 
         # kill the leader: the cluster still serves, through the same command
         victim = running[leader["id"]]
@@ -487,3 +487,52 @@ async def test_traft_local_serves_stops_on_ctrl_c_and_keeps_data(tmp_path: Path)
 
 async def _all_gone(pids: list[int]) -> bool:
     return not any(alive(pid) for pid in pids)
+
+
+async def test_tls_and_mutual_tls(nodes: Nodes, tmp_path: Path) -> None:
+    import trustme
+
+    with trio.fail_after(30):
+        ca, other = trustme.CA(), trustme.CA()
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        for name in ("n1", "client"):
+            cert = ca.issue_cert("127.0.0.1")
+            cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+            cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        tls = ["--tls-ca", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "n1.pem"),
+               "--tls-key", str(tmp_path / "n1.key")]
+        node = await nodes.start("n1", port, "--bootstrap", f"n1={address}", *tls)
+        await eventually(lambda: _listening(port), what="the node to listen")
+        client = ["--cluster", address, "--tls-ca", str(tmp_path / "ca.pem"),
+                  "--tls-cert", str(tmp_path / "client.pem"),
+                  "--tls-key", str(tmp_path / "client.key")]
+
+        async def served() -> bool:
+            return (await traft("put", "k", "secret", *client)).rc == 0
+
+        await eventually(served, what="a TLS put")
+        r = await traft("get", "k", *client)
+        assert (r.rc, r.out) == (0, "secret\n"), r
+        # (how the server hangs up varies: EOF, reset, a TLS alert)
+        fails = {
+            "no client certificate": (
+                ["--tls-ca", str(tmp_path / "ca.pem")],
+                "the server closed the connection during the handshake",
+                "(does it require a client certificate?))"),
+            "untrusted server": (
+                ["--tls-ca", str(tmp_path / "other.pem"), "--tls-cert",
+                 str(tmp_path / "client.pem"), "--tls-key", str(tmp_path / "client.key")],
+                "TLS: the server's certificate is not trusted", ")"),
+            "plain TCP": ([], "the server closed the connection during the handshake",
+                          "(does it use TLS?))"),
+        }
+        for what, (extra, reason, end) in fails.items():
+            r = await traft("get", "k", "--cluster", address, *extra)
+            assert r.rc == 1, (what, r)
+            assert r.error_line.startswith(
+                f"error: cannot reach any server of the cluster ({address}: {reason}"), (what, r)
+            assert r.error_line.endswith(end), (what, r)
+        assert await node.stop() == 0

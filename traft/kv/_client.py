@@ -39,7 +39,7 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket,
+    wrap_client_stream,
 )
 
 from .._codec import _cbor_load
@@ -48,6 +48,7 @@ from .._websocket_transport import (
     CLIENT_RESOURCE,
     CLIENT_SUBPROTOCOL,
     _token_bytes,
+    _WatchedStream,
     format_address,
     parse_address,
 )
@@ -229,6 +230,11 @@ def _reason(exc: BaseException) -> str:
             root = root.__cause__
         else:
             break
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return f"TLS: the server's certificate is not trusted ({root.verify_message})"
+    if isinstance(root, ssl.SSLError):
+        what = (root.reason or str(root)).lower().replace("_", " ")
+        return f"TLS handshake failed ({what})"
     if isinstance(root, OSError) and (root.errno or root.strerror):
         text = os.strerror(root.errno) if root.errno else str(root.strerror)
         return text[0].lower() + text[1:]
@@ -650,28 +656,44 @@ class Client:
         started = False
         conn: _Connection | None = None
         why = "connection closed"
-        host, port = parse_address(address)
-        assert port is not None
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
         try:
-            async with open_websocket(
-                    host, port, CLIENT_RESOURCE, use_ssl=self._ssl_context or False,
-                    subprotocols=[CLIENT_SUBPROTOCOL], extra_headers=list(self._headers),
-                    message_queue_size=16, max_message_size=_MAX_RESPONSE,
-                    connect_timeout=self._connect_timeout, disconnect_timeout=0.5) as ws:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._open_stream(address)
+            watched = _WatchedStream(stream)
+            async with trio.open_nursery() as nursery:
+                # trio-websocket waits for the server's answer until the
+                # deadline even when the server has already hung up (a refused
+                # client certificate, a plain-TCP client on a TLS port): give
+                # up as soon as the stream ends.
+                with trio.fail_after(self._connect_timeout), trio.CancelScope() as handshake:
+                    watched.on_end = handshake.cancel
+                    ws = await wrap_client_stream(
+                        nursery, watched,  # type: ignore[arg-type]  # any trio Stream works
+                        address, CLIENT_RESOURCE, subprotocols=[CLIENT_SUBPROTOCOL],
+                        extra_headers=list(self._headers), message_queue_size=16,
+                        max_message_size=_MAX_RESPONSE)
+                watched.on_end = None
+                if handshake.cancelled_caught:
+                    hint = (" (does it require a client certificate?)"
+                            if self._ssl_context is not None else " (does it use TLS?)")
+                    raise _NotSent("the server closed the connection during the handshake"
+                                   + (f": {_reason(watched.error)}" if watched.error else "")
+                                   + hint)
                 if ws.subprotocol != CLIENT_SUBPROTOCOL:
-                    started = True
-                    task_status.started(_NotSent(
-                        f"{address} does not speak {CLIENT_SUBPROTOCOL}"))
-                    return
+                    raise _NotSent(f"{address} does not speak {CLIENT_SUBPROTOCOL}")
                 conn = _Connection(address, ws)
                 started = True
                 task_status.started(conn)
                 why = await self._read_answers(conn)
+                nursery.cancel_scope.cancel()
         except ConnectionRejected as exc:
             why = f"refused (HTTP {exc.status_code})"
             if not started:
                 started = True
                 task_status.started(_rejected(address, exc))
+        except _NotSent as exc:
+            why = str(exc)
         except BaseExceptionGroup as group:
             cancelled, rest = group.split(trio.Cancelled)
             if cancelled is not None:
@@ -679,10 +701,13 @@ class Client:
             leaf: BaseException = group
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
-            why = _reason(leaf)
+            if isinstance(leaf, ConnectionRejected) and not started:
+                started = True
+                task_status.started(_rejected(address, leaf))
+            why = leaf.args[0] if isinstance(leaf, _NotSent) else _reason(leaf)
         except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError, trio.TooSlowError, TransportError) as exc:
-            why = _reason(exc)
+            why = "connection timed out" if isinstance(exc, trio.TooSlowError) else _reason(exc)
         except Exception as exc:  # a bug in a dependency must not crash the client
             why = f"unexpected error: {exc!r}"
         finally:
@@ -692,6 +717,24 @@ class Client:
                     del self._conns[address]
             if not started:
                 task_status.started(_NotSent(why))
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+
+    async def _open_stream(self, address: str,
+                           ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        host, port = parse_address(address)
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        if self._ssl_context is None:
+            return stream
+        tls = trio.SSLStream(stream, self._ssl_context, server_hostname=host,
+                             https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return tls
 
     async def _read_answers(self, conn: _Connection) -> str:
         """Match answers to requests until the connection ends; why it ended."""
