@@ -489,3 +489,26 @@ async def test_client_argument_errors_and_no_exception_group() -> None:
     async with Client("127.0.0.1:1") as c:
         with pytest.raises(ValueError, match="key"):
             await c.put("", b"v")
+
+
+def test_protocol_document_lists_every_op_and_error_code() -> None:
+    import re
+    from pathlib import Path
+
+    from traft.kv import _client
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split("## 11. Client protocol", 1)[1]
+    ops = section.split("### 11.3 Operations", 1)[1].split("Read consistency", 1)[0]
+    documented_ops = re.findall(r"^\| `(\w+)` \|", ops, flags=re.M)
+    service = KVService(KVStateMachine())
+    assert sorted(documented_ops) == sorted(service._ops)
+    errors = section.split("### 11.4 Errors", 1)[1].split("### 11.5", 1)[0]
+    codes = {getattr(_client, name) for name in _client.__all__
+             if name.isupper() and isinstance(getattr(_client, name), str)}
+    documented_codes = set(re.findall(r"^\| `(\w+)` \|", errors, flags=re.M)) | {"unauthorized"}
+    assert documented_codes == codes
+    # the example bytes are what the reference encoder writes
+    from traft.kv._client import encode_request, encode_result
+    assert encode_request(1, "put", {"key": "greeting", "value": b"hello"}).hex() in section
+    assert encode_result(1, {"index": 7}).hex() in section
