@@ -133,20 +133,25 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return real[0] if real else leaves[0]
 
 
-def _check_node_id(data: Path, id: str) -> None:
+def _check_node_id(data: Path, id: str) -> bool:
+    """Refuse a data directory that belongs to another node; whether the
+    directory has its node id recorded yet."""
     path = data / NODE_ID_FILE
     try:
         existing = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        existing = None
+        return False
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
-    if existing is not None:
-        if existing != id:
-            raise CliError(f"data directory {data} belongs to node {existing!r}, not {id!r}")
-        return
-    if (data / "raft.db").exists():
-        raise CliError(f"data directory {data} holds a store but no {NODE_ID_FILE} file")
+    if existing != id:
+        raise CliError(f"data directory {data} belongs to node {existing!r}, not {id!r}")
+    return True
+
+
+def _record_node_id(data: Path, id: str) -> None:
+    """Written once the node has started, so a failed first start (a port in
+    use, a typo) does not claim the directory."""
+    path = data / NODE_ID_FILE
     tmp = path.with_suffix(".tmp")
     try:
         tmp.write_text(id + "\n", encoding="utf-8")
@@ -160,19 +165,23 @@ async def _serve(options: NodeOptions, stop: _Stop) -> None:
     make_directory(data)
     lock_fd = lock_directory(data, LOCK_FILE, "traft node")
     try:
-        _check_node_id(data, options.id)
-        await _serve_locked(options, stop)
+        recorded = _check_node_id(data, options.id)
+        await _serve_locked(options, stop, recorded)
     finally:
         os.close(lock_fd)
 
 
-async def _serve_locked(options: NodeOptions, stop: _Stop) -> None:
+async def _serve_locked(options: NodeOptions, stop: _Stop, recorded: bool) -> None:
     token = read_token(options.auth_token_file)
     server_ctx = server_ssl_context(options.tls_cert, options.tls_key, options.tls_ca)
     client_ctx = (client_ssl_context(options.tls_cert, options.tls_key, options.tls_ca)
                   if server_ctx is not None else None)
     host, port = parse_address(options.listen)
     assert port is not None
+    if options.advertise is None and host in ("0.0.0.0", "::", ""):
+        raise CliError(f"--listen {options.listen} is a wildcard address: also pass "
+                       f"--advertise HOST[:PORT], the address other servers and clients "
+                       f"use to reach this one")
     try:
         config = dataclasses.replace(Config(local_id=options.id), **options.raft)
         config.validate()
@@ -189,6 +198,8 @@ async def _serve_locked(options: NodeOptions, stop: _Stop) -> None:
                 client_handler=service.handle) as transport:
             async with open_raft(config, fsm, store, store, snapshots, transport) as raft:
                 service.attach(raft)
+                if not recorded:
+                    _record_node_id(data, options.id)
                 address = transport.local_address
                 logger.info("node %s serving on %s (data %s, term %d, last index %d)",
                             options.id, address, data, raft.current_term, raft.last_index)
