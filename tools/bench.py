@@ -2,7 +2,8 @@
 
     python tools/bench.py [--clients 1,16,128] [--store sqlite,memory]
                           [--warmup 3] [--seconds 10] [--repeat 1]
-                          [--max-other-cpu CORES [--attempts 5]] [--profile DIR]
+                          [--max-other-cpu CORES [--attempts 5] [--idle-timeout 120]]
+                          [--profile DIR]
 
 Each node runs in its own process (``tools/_bench_worker.py``) with the
 WebSocket transport on 127.0.0.1 and either SQLiteStore (durable: every
@@ -28,9 +29,11 @@ Extra fields, for reading the figures:
   batch size.
 - ``other_cpu``: cores kept busy by anything but the three nodes during the
   window. Other jobs on a 2-core machine skew every figure: run on an idle
-  machine and check that this is near 0, or pass ``--max-other-cpu 0.1``
-  to measure a configuration again (up to ``--attempts`` times; the line
-  says how many in ``attempts``) while something else was busy.
+  machine and check that this is near 0, or pass ``--max-other-cpu 0.1``:
+  each measurement then first waits (up to ``--idle-timeout`` s) for 2 s
+  in which other jobs used at most that much, and a configuration whose
+  window was disturbed anyway is measured again, up to ``--attempts`` times
+  (the line says how many in ``attempts``).
 
 Latency is per ``apply`` call, from Trio's clock.
 
@@ -105,6 +108,24 @@ class Cluster:
             time.sleep(0.25)
         raise RuntimeError(f"no stable leader within {timeout}s")
 
+    def others_busy(self, seconds: float) -> float:
+        """Cores kept busy by anything but the nodes over the next ``seconds``."""
+        cpu0 = sum(cpu_seconds(w.proc.pid) for w in self.workers)
+        busy0 = machine_busy()
+        time.sleep(seconds)
+        ours = sum(cpu_seconds(w.proc.pid) for w in self.workers) - cpu0
+        return max(0.0, machine_busy() - busy0 - ours) / seconds
+
+    def wait_idle(self, max_cores: float, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for 2 s in which other jobs used at
+        most ``max_cores``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = self.others_busy(2.0)
+            if busy <= max_cores:
+                return
+        note(f"other jobs still busy after {timeout:.0f}s of waiting; measuring anyway")
+
     def run(self, clients: int, warmup: float, seconds: float,
             profile: str | None) -> dict[str, Any]:
         leader = self.wait_leader()
@@ -157,6 +178,9 @@ def main() -> None:
                              "jobs kept more than CORES cores busy during its window")
     parser.add_argument("--attempts", type=int, default=5,
                         help="most measurements per configuration with --max-other-cpu")
+    parser.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="with --max-other-cpu, longest wait for the machine to be idle "
+                             "before each measurement (default 120)")
     parser.add_argument("--profile", metavar="DIR",
                         help="cProfile the leader's measured windows into DIR")
     args = parser.parse_args()
@@ -180,6 +204,8 @@ def main() -> None:
                                                             f"{store}-c{c}.pstats"))
                                if args.profile else None)
                     for attempt in range(1, args.attempts + 1):
+                        if args.max_other_cpu is not None:
+                            cluster.wait_idle(args.max_other_cpu, args.idle_timeout)
                         result = cluster.run(c, args.warmup, args.seconds, profile)
                         if (args.max_other_cpu is None
                                 or result["other_cpu"] <= args.max_other_cpu):
