@@ -127,8 +127,13 @@ async def main(directory: str, count: int, mode: str, snapshots: bool) -> None:
             for _ in range(WORKERS):
                 nursery.start_soon(apply_forever, nodes, counter)
         elif mode == "check":
-            leader = await wait_leader(nodes)
-            await leader.barrier()
+            while True:  # a fresh leader may still be deposed: retry
+                leader = await wait_leader(nodes)
+                try:
+                    await leader.barrier()
+                    break
+                except (traft.NotLeaderError, traft.LeadershipLostError):
+                    await trio.sleep(0.02)
             while any(n.applied_index < leader.applied_index for n in nodes):
                 await trio.sleep(0.02)
             print(json.dumps({id: fsms[id].commands for id in ids}), flush=True)
