@@ -34,11 +34,13 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 for _name in ("TRAFT_CLUSTER", "TRAFT_AUTH_TOKEN_FILE", "TRAFT_VERBOSE"):
     ENV.pop(_name, None)
 
+# Short enough for quick elections, long enough that a loaded test machine
+# does not make leaders step down (a lease of 0.1 s did).
 FAST = """\
 [raft]
-heartbeat_timeout = 0.2
-election_timeout = 0.2
-leader_lease_timeout = 0.1
+heartbeat_timeout = 0.5
+election_timeout = 0.5
+leader_lease_timeout = 0.5
 commit_timeout = 0.02
 """
 

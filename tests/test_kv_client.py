@@ -36,7 +36,9 @@ from traft.kv._client import encode_error
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
-FAST = dict(heartbeat_timeout=0.2, election_timeout=0.2, leader_lease_timeout=0.1,
+# Short enough for quick elections, long enough that a loaded test machine
+# does not make leaders step down mid-test.
+FAST = dict(heartbeat_timeout=0.4, election_timeout=0.4, leader_lease_timeout=0.4,
             commit_timeout=0.02)
 TRANSPORT = dict(connect_timeout=1.0, handshake_timeout=1.0, send_timeout=1.0,
                  backoff_initial=0.01, backoff_max=0.1)
