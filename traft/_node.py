@@ -44,6 +44,7 @@ from ._errors import (
     RaftError,
     RaftShutdownError,
 )
+from ._groups import collapse
 from ._messages import (
     AppendEntries,
     Heartbeat,
@@ -890,26 +891,6 @@ def _as_bytes(value: object, name: str) -> bytes:
     raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            yield from _leaves(e)
-    else:
-        yield exc
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Unwrap the group Trio builds around the user's own exception, so
-    ``open_raft`` is as transparent as a plain ``try`` (trio-websocket)."""
-    leaves = list(_leaves(group))
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(real) == 1:
-        return real[0]
-    if not real:
-        return leaves[0]
-    return group
-
-
 @asynccontextmanager
 async def open_raft(config: Config, fsm: Any, log_store: LogStore, stable_store: StableStore,
                     snapshot_store: SnapshotStore, transport: Transport,
@@ -931,6 +912,6 @@ async def open_raft(config: Config, fsm: Any, log_store: LogStore, stable_store:
             finally:
                 await raft.shutdown()
     except BaseExceptionGroup as group:
-        raise _collapse(group) from None
+        raise collapse(group) from None
     if raft._fatal is not None:
         raise RaftError(f"raft node {config.local_id} failed: {raft._fatal!r}") from raft._fatal

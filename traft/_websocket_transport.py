@@ -62,6 +62,7 @@ from trio_websocket import (
 
 from ._codec import PROTOCOL_VERSION, CloseCode, RemoteProtocolError, decode_message, encode_message
 from ._errors import TransportError
+from ._groups import collapse
 from ._messages import AppendEntries, InstallSnapshot, Message
 from ._types import ServerAddress
 
@@ -897,26 +898,6 @@ def _token_bytes(auth_token: str | bytes | None) -> bytes | None:
     return raw
 
 
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The user's own exception out of the group Trio built around it."""
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            leaves.append(e)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(real) == 1:
-        return real[0]
-    if not real:
-        return leaves[0]
-    return group
-
-
 @asynccontextmanager
 async def open_websocket_transport(
     host: str,
@@ -1063,7 +1044,7 @@ async def open_websocket_transport(
                 transport._shut()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _collapse(group) from None
+        raise collapse(group) from None
     finally:
         for served_listener in served:
             await trio.aclose_forcefully(served_listener)

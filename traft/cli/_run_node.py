@@ -32,6 +32,7 @@ import trio
 from .._config import Config
 from .._errors import CantBootstrapError, TransportError
 from .._file_snapshot_store import FileSnapshotStore
+from .._groups import collapse
 from .._node import Raft, open_raft
 from .._observations import LeaderObservation, Observation
 from .._sqlite_store import SQLiteStore
@@ -100,7 +101,7 @@ async def _main(options: NodeOptions) -> None:
                 await _serve(options, stop)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise _collapse(group) from None
+            raise collapse(group) from None
 
 
 async def _watch_signals(signals: Any, stop: _Stop, scope: trio.CancelScope) -> None:
@@ -116,21 +117,6 @@ async def _watch_signals(signals: Any, stop: _Stop, scope: trio.CancelScope) -> 
         elif signum == first:
             logger.warning("received %s again; stopping at once", name)
             scope.cancel()
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return real[0] if real else leaves[0]
 
 
 def _check_node_id(data: Path, id: str) -> bool:

@@ -20,7 +20,8 @@ from .._blocking import inline_blocking
 from .._config import Config
 from .._inmem_network import InmemNetwork
 from .._inmem_store import InmemStore
-from .._node import Raft, _collapse, open_raft
+from .._groups import collapse
+from .._node import Raft, open_raft
 from .._snapshot_stores import InmemSnapshotStore
 from .._storage import SnapshotSink
 from .._types import Configuration, Log, RaftState, Server, ServerID
@@ -176,7 +177,7 @@ async def open_cluster(n: int = 3, *, seed: int = 0, bootstrap: bool = True,
             async with _cluster_nursery(names, seed, bootstrap, config) as cluster:
                 yield cluster
         except BaseExceptionGroup as group:
-            raise _collapse(group) from None
+            raise collapse(group) from None
 
 
 @asynccontextmanager
