@@ -58,7 +58,7 @@ from ._observer import ObserverRegistry
 from ._replicator import PeerSender, Replicator
 from ._storage import LogStore, SnapshotStore, StableStore
 from ._transport import Transport
-from ._snapshot_transfer import SnapshotReceiver, response_header, stream_snapshot
+from ._snapshot_transfer import WINDOW, SnapshotReceiver, response_header, stream_snapshot
 from ._snapshotter import Snapshotter
 from ._types import (
     Applied,
@@ -552,7 +552,7 @@ class Raft:
         if rep is None or rep.nursery is None or rep.streaming:
             return
         rep.streaming = True
-        send, receive = trio.open_memory_channel[InstallSnapshotResponse](4)
+        send, receive = trio.open_memory_channel[InstallSnapshotResponse](2 * WINDOW)
         rep.snapshot_acks = send
         header = {"term": self._core.term, "src": self.config.local_id,
                   "src_address": self.transport.local_address, "dst": peer}

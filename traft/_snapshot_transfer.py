@@ -1,12 +1,13 @@
 """InstallSnapshot streaming (§7; hashicorp sendLatestSnapshot /
 installSnapshot): the leader sends its newest snapshot in bounded chunks,
-one at a time, each acknowledged before the next, so memory stays bounded
-whatever the snapshot's size. Heartbeats keep flowing on their own pump.
+a few in flight at a time (each acknowledged, cumulatively), so memory
+stays bounded whatever the snapshot's size. Heartbeats keep flowing on their own pump.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import trio
@@ -21,13 +22,14 @@ from ._types import ServerAddress, ServerID, SnapshotMeta
 logger = logging.getLogger("traft.snapshot")
 
 CHUNK_SIZE = 256 * 1024
+WINDOW = 4  # chunks in flight
 
 
 async def stream_snapshot(*, store: SnapshotStore, transport: Transport,
                           address: ServerAddress,
                           acks: trio.MemoryReceiveChannel[InstallSnapshotResponse],
                           header: dict[str, Any], timeout: float,
-                          chunk_size: int = CHUNK_SIZE) -> int | None:
+                          chunk_size: int = CHUNK_SIZE, window: int = WINDOW) -> int | None:
     """Send the newest snapshot; the index it covers on success, else None.
     Every wait on the peer is bounded by ``timeout``."""
     snapshots = await store.list()
@@ -38,28 +40,41 @@ async def stream_snapshot(*, store: SnapshotStore, transport: Transport,
     _, source = await store.open(meta.id)
     try:
         offset = 0
+        done = False
+        # next_offset each unacknowledged chunk will be acknowledged with
+        in_flight: deque[int] = deque()
         while True:
-            data = await run_blocking(source.read, chunk_size)
-            done = len(data) < chunk_size or offset + len(data) >= meta.size
-            msg = InstallSnapshot(
-                **header, snapshot_id=meta.id, last_log_index=meta.index,
-                last_log_term=meta.term, configuration=meta.configuration,
-                configuration_index=meta.configuration_index, size=meta.size,
-                offset=offset, data=bytes(data), done=done)
-            expected = offset + len(data)
+            # Keep a few chunks in flight so reading, framing, sending and the
+            # follower's writing overlap; memory stays window * chunk_size.
+            while not done and len(in_flight) < window:
+                data = await run_blocking(source.read, chunk_size)
+                done = len(data) < chunk_size or offset + len(data) >= meta.size
+                msg = InstallSnapshot(
+                    **header, snapshot_id=meta.id, last_log_index=meta.index,
+                    last_log_term=meta.term, configuration=meta.configuration,
+                    configuration_index=meta.configuration_index, size=meta.size,
+                    offset=offset, data=bytes(data), done=done)
+                with trio.fail_after(timeout):
+                    await transport.send(address, msg)
+                offset += len(data)
+                in_flight.append(offset)
+            if not in_flight:
+                return meta.index
             with trio.fail_after(timeout):
-                await transport.send(address, msg)
                 while True:
                     ack = await acks.receive()
-                    if ack.snapshot_id != meta.id or (ack.success and ack.next_offset < expected):
+                    if ack.snapshot_id != meta.id or (ack.success
+                                                      and ack.next_offset < in_flight[0]):
                         continue  # a stale or duplicated answer
                     break
-            if not ack.success or ack.next_offset != expected:
+            if not ack.success or ack.next_offset not in in_flight:
                 logger.info("%s: %s refused snapshot chunk at %d", header["src"],
-                            header["dst"], offset)
+                            header["dst"], in_flight[0])
                 return None
-            offset = expected
-            if done:
+            # Acknowledgements are cumulative: the follower writes in order.
+            while in_flight and in_flight[0] <= ack.next_offset:
+                in_flight.popleft()
+            if done and not in_flight:
                 return meta.index
     except trio.TooSlowError:
         logger.info("%s: sending snapshot to %s timed out", header["src"], header["dst"])
