@@ -70,9 +70,6 @@ def test_unknown_planted_bug_is_refused() -> None:
             pass
 
 
-QUIET = SimulationOptions(faults=frozenset(), duration=30.0)
-
-
 def _scenario(script, seed: int = 1, **kw: object) -> None:  # type: ignore[no-untyped-def]
     options = SimulationOptions(**{"faults": frozenset(), "duration": 30.0, **kw})  # type: ignore[arg-type]
     result = run_simulation(seed, options, script=script)

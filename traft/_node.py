@@ -849,7 +849,6 @@ class Raft:
     def stats(self) -> dict[str, Any]:
         """[Stats] A snapshot of the node's state, with hashicorp's keys."""
         core = self._core
-        cfg_index, _ = core.membership.latest_index, core.configuration
         last_contact = self.last_contact
         return {
             "state": str(self.state),
@@ -864,7 +863,7 @@ class Raft:
             "latest_configuration": [
                 {"id": s.id, "address": s.address, "suffrage": s.suffrage.value}
                 for s in core.configuration.servers],
-            "latest_configuration_index": cfg_index,
+            "latest_configuration_index": core.membership.latest_index,
             "num_peers": sum(1 for s in core.configuration.servers if s.id != core.id),
             "last_contact": (None if last_contact is None
                              else max(0.0, trio.current_time() - last_contact)),

@@ -280,12 +280,12 @@ class SimulatedCluster:
                     a, b = rng.sample(ids, 2)
                     self.network.disconnect_one_way(a, b)
                 elif fault == "bridge":
-                    # two halves that only one server can talk across
+                    # two halves that only one server, ids[0], left linked to
+                    # both, can talk across
                     rng.shuffle(ids)
-                    bridge, rest = ids[0], ids[1:]
+                    rest = ids[1:]
                     half = len(rest) // 2
                     self.network.partition(set(rest[:half]), set(rest[half:]))
-                    del bridge  # untouched: linked to both halves
                 elif fault in ("loss", "delay", "duplicate"):
                     self.network.set_unreliable(
                         drop_rate=rng.uniform(0.0, 0.3) if "loss" in self.options.faults else 0.0,
